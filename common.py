@@ -1,0 +1,1151 @@
+"""Shared base for the VOC 2009 toolkit: data sources, tf.data input pipeline, the competition's
+submission contract (RLE, Dice, submission.csv, local scorer), metrics, demo data and pictures.
+
+Command line:
+    python common.py check --data demo --out runs/data_check   # dataset summary + sample PNG
+    python common.py score --pred submission.csv --truth solution.csv
+"""
+
+import argparse
+import csv
+import glob
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence TF's C++ start-up chatter
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image, ImageDraw, ImageFont
+
+CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+NUM_CLASSES = len(CLASSES)  # 20 object classes; masks use 0 = background, 1..20, 255 = void
+VOID = 255
+DEMO_VERSION = 1  # bump when the demo generator changes, so stale caches are not reused
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad path, bad file, bad flag): reported as one line, no traceback."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Data sources
+
+@dataclass
+class Split:
+    """One split of a dataset: everything needed to find and label its images.
+
+    labels: (N, 20) int8, 1/0 per class, -1 where unknown (unlabelled test images).
+    mask_paths: None for images without a mask.
+    """
+    name: str
+    layout: str
+    root: str
+    ids: list
+    image_paths: list
+    mask_paths: list
+    labels: np.ndarray
+
+    def __len__(self):
+        return len(self.ids)
+
+    @property
+    def has_masks(self):
+        return len(self.ids) > 0 and all(p is not None for p in self.mask_paths)
+
+    @property
+    def has_labels(self):
+        return len(self.ids) > 0 and bool((self.labels >= 0).all())
+
+    def subset(self, indices):
+        indices = list(indices)
+        return Split(self.name, self.layout, self.root, [self.ids[i] for i in indices],
+                     [self.image_paths[i] for i in indices], [self.mask_paths[i] for i in indices],
+                     self.labels[indices])
+
+
+def is_competition_dir(d):
+    return os.path.isfile(os.path.join(d, "train", "train_set.csv"))
+
+
+def is_voc_dir(d):
+    return os.path.isdir(os.path.join(d, "JPEGImages"))
+
+
+def resolve_data(data=None):
+    """Turn a --data value into (root, layout): a directory of either layout, 'demo', or None to
+    look for the competition data under /kaggle/input."""
+    if data is None:
+        for d in sorted(glob.glob("/kaggle/input/*/")) + sorted(glob.glob("/kaggle/input/*/*/")):
+            if is_competition_dir(d):
+                return d.rstrip("/"), "competition"
+        raise UserError("no --data given and no competition data under /kaggle/input; "
+                        "pass --data DIR (competition or VOC devkit layout) or --data demo")
+    if data == "demo":
+        return make_demo(), "competition"
+    if not os.path.exists(data):
+        raise UserError(f"data directory {data!r} does not exist")
+    if not os.path.isdir(data):
+        raise UserError(f"--data {data!r} is not a directory")
+    if is_competition_dir(data):
+        return data, "competition"
+    if is_voc_dir(data):
+        return data, "voc"
+    raise UserError(f"{data!r} is in neither layout: expected train/train_set.csv (competition) "
+                    "or JPEGImages/ (VOC devkit)")
+
+
+def load_split(data=None, split="train"):
+    """Describe the 'train' (labelled) or 'test' split of a dataset of either layout."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    root, layout = resolve_data(data)
+    if layout == "competition":
+        return _load_competition(root, split)
+    return _load_voc(root, split)
+
+
+def _read_class_csv(path):
+    """Read a competition CSV: Id column then the 20 class columns. Returns (ids, labels)."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    if not rows:
+        raise UserError(f"{path} is empty")
+    header = [h.strip() for h in rows[0]]
+    if not header or header[0] != "Id":
+        raise UserError(f"{path}: first column must be 'Id', found {header[:1]}")
+    missing = [c for c in CLASSES if c not in header]
+    if missing:
+        raise UserError(f"{path}: missing class columns {', '.join(missing)}")
+    cols = [header.index(c) for c in CLASSES]
+    ids, labels = [], []
+    for n, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        try:
+            labels.append([int(float(row[c])) for c in cols])
+        except (ValueError, IndexError):
+            raise UserError(f"{path} line {n}: class values must be 0, 1 or -1") from None
+        ids.append(row[0].strip())
+    dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+    if dup:
+        raise UserError(f"{path}: duplicate ids {', '.join(dup[:5])}")
+    labels = np.array(labels, dtype=np.int8).reshape(-1, NUM_CLASSES)
+    if not np.isin(labels, (-1, 0, 1)).all():
+        raise UserError(f"{path}: class values must be 0, 1 or -1")
+    return ids, labels
+
+
+def _load_competition(root, split):
+    ids, labels = _read_class_csv(os.path.join(root, split, f"{split}_set.csv"))
+    images = [os.path.join(root, split, "img", f"{split}_{i}.npy") for i in ids]
+    masks = [os.path.join(root, split, "seg", f"{split}_{i}.npy") for i in ids]
+    masks = [m if os.path.isfile(m) else None for m in masks]
+    missing = [i for i, p in zip(ids, images) if not os.path.isfile(p)]
+    if missing:
+        raise UserError(f"{split}: {len(missing)} ids in the CSV have no image file "
+                        f"({split}/img/{split}_{missing[0]}.npy ...)")
+    if split == "train" and any(m is None for m in masks) and any(m is not None for m in masks):
+        lost = [i for i, m in zip(ids, masks) if m is None]
+        raise UserError(f"train: {len(lost)} images have no mask ({split}/seg/train_{lost[0]}.npy ...)")
+    if split == "test":
+        labels = np.full_like(labels, -1)  # the test CSV holds -1 placeholders
+    return Split(split, "competition", root, ids, images, masks, labels)
+
+
+def _load_voc(root, split):
+    sets = os.path.join(root, "ImageSets", "Segmentation")
+    listed = []
+    for name in ("train", "val", "trainval", "test"):
+        p = os.path.join(sets, f"{name}.txt")
+        if os.path.isfile(p):
+            with open(p) as f:
+                listed += [line.split()[0] for line in f if line.strip()]
+    if not listed:  # no ImageSets: every JPEG, labelled where a mask exists
+        listed = sorted(os.path.splitext(os.path.basename(p))[0]
+                        for p in glob.glob(os.path.join(root, "JPEGImages", "*.jpg")))
+    ids = list(dict.fromkeys(listed))  # de-duplicate, keep order
+    mask_of = {i: os.path.join(root, "SegmentationClass", f"{i}.png") for i in ids}
+    has_mask = {i: os.path.isfile(mask_of[i]) for i in ids}
+    ids = [i for i in ids if has_mask[i] == (split == "train")]
+    images = [os.path.join(root, "JPEGImages", f"{i}.jpg") for i in ids]
+    missing = [i for i, p in zip(ids, images) if not os.path.isfile(p)]
+    if missing:
+        raise UserError(f"{split}: {len(missing)} listed ids have no image (JPEGImages/{missing[0]}.jpg ...)")
+    if split == "train":
+        masks = [mask_of[i] for i in ids]
+        labels = np.zeros((len(ids), NUM_CLASSES), np.int8)
+        for n, (i, m) in enumerate(zip(ids, masks)):  # VOC labels = classes present in the mask
+            labels[n] = labels_from_mask(read_mask(m, i))
+    else:
+        masks = [None] * len(ids)
+        labels = np.full((len(ids), NUM_CLASSES), -1, np.int8)
+    return Split(split, "voc", root, ids, images, masks, labels)
+
+
+def labels_from_mask(mask):
+    """20-vector of the classes with at least one pixel in a label map."""
+    present = np.bincount(mask.ravel(), minlength=256)[1:NUM_CLASSES + 1] > 0
+    return present.astype(np.int8)
+
+
+def _load_npy(path, what):
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise UserError(f"{what}: {path} holds Python objects (needs pickle); refused") from None
+        raise UserError(f"{what}: {path} is not a readable .npy file ({e})") from None
+    except (OSError, EOFError) as e:
+        raise UserError(f"{what}: cannot read {path} ({e})") from None
+
+
+def read_image(path, what=""):
+    """HxWx3 uint8 RGB from a .npy or image file; grayscale and RGBA are converted."""
+    what = what or os.path.basename(path)
+    if path.endswith(".npy"):
+        a = _load_npy(path, what)
+        if a.dtype != np.uint8:
+            if not (np.issubdtype(a.dtype, np.number) and a.size and a.min() >= 0 and a.max() <= 255):
+                raise UserError(f"{what}: image {path} has dtype {a.dtype}, expected uint8")
+            a = a.astype(np.uint8)
+        if a.ndim == 2:
+            a = a[:, :, None]
+        if a.ndim != 3 or a.shape[2] not in (1, 3, 4) or min(a.shape[:2]) < 1:
+            raise UserError(f"{what}: image {path} has shape {a.shape}, expected HxWx3")
+        if a.shape[2] == 1:
+            a = np.repeat(a, 3, axis=2)
+        return np.ascontiguousarray(a[:, :, :3])
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"{what}: cannot decode image {path} ({e})") from None
+
+
+def read_mask(path, what=""):
+    """HxW uint8 label map (0 background, 1..20 classes, 255 void) from a .npy or palette PNG."""
+    what = what or os.path.basename(path)
+    if path.endswith(".npy"):
+        m = _load_npy(path, what)
+        if m.ndim == 3 and m.shape[2] == 1:
+            m = m[:, :, 0]
+        if m.ndim != 2 or not (np.issubdtype(m.dtype, np.integer) or m.dtype == bool):
+            raise UserError(f"{what}: mask {path} has shape {m.shape} / dtype {m.dtype}, expected HxW integers")
+    else:
+        try:
+            with Image.open(path) as im:
+                if im.mode not in ("P", "L"):
+                    raise UserError(f"{what}: mask {path} is {im.mode}, expected a palette or grayscale PNG")
+                m = np.asarray(im)
+        except (OSError, SyntaxError, ValueError) as e:
+            raise UserError(f"{what}: cannot decode mask {path} ({e})") from None
+    bad = (m > NUM_CLASSES) & (m != VOID) | (m < 0)
+    if bad.any():
+        raise UserError(f"{what}: mask {path} has values {sorted(set(np.unique(m[bad]).tolist()))[:5]} "
+                        "outside 0..20 and 255")
+    return m.astype(np.uint8)
+
+
+def read_example(split, i):
+    """(image, mask or None) of example i, checked against each other."""
+    what = f"{split.name} id {split.ids[i]}"
+    image = read_image(split.image_paths[i], what)
+    if split.mask_paths[i] is None:
+        return image, None
+    mask = read_mask(split.mask_paths[i], what)
+    if mask.shape != image.shape[:2]:
+        raise UserError(f"{what}: mask is {mask.shape[0]}x{mask.shape[1]} but image is "
+                        f"{image.shape[0]}x{image.shape[1]}")
+    return image, mask
+
+
+def image_size(path):
+    """(H, W) read from the file header only."""
+    if path.endswith(".npy"):
+        a = np.load(path, mmap_mode="r", allow_pickle=False)
+        return tuple(a.shape[:2])
+    with Image.open(path) as im:
+        return im.size[1], im.size[0]
+
+
+def train_val_split(labels, val_fraction=0.2, seed=0):
+    """Split example indices so that every class with >= 2 examples lands on both sides.
+
+    Iterative stratification: classes from rarest to commonest, each class's unassigned examples
+    shuffled and dealt to validation until it holds its share (at least one) of that class.
+    """
+    labels = np.asarray(labels) > 0
+    n = len(labels)
+    rng = np.random.default_rng(seed)
+    side = np.full(n, -1)  # 0 train, 1 val
+    for c in np.argsort(labels.sum(0), kind="stable"):
+        members = np.flatnonzero(labels[:, c])
+        if len(members) < 2:
+            side[members[side[members] < 0]] = 0
+            continue
+        want_val = max(1, int(round(val_fraction * len(members))))
+        want_val = min(want_val, len(members) - 1)
+        free = rng.permutation(members[side[members] < 0])
+        have_val = int((side[members] == 1).sum())
+        have_train = int((side[members] == 0).sum())
+        for i in free:
+            if have_val < want_val and not (have_train == 0 and i == free[-1]):
+                side[i], have_val = 1, have_val + 1
+            else:
+                side[i], have_train = 0, have_train + 1
+    rest = rng.permutation(np.flatnonzero(side < 0))  # images with no class at all
+    n_val_rest = int(round(val_fraction * n)) - int((side == 1).sum())
+    side[rest] = 0
+    side[rest[:max(0, n_val_rest)]] = 1
+    return np.flatnonzero(side == 0), np.flatnonzero(side == 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Input pipeline
+
+def load_examples(split, indices=None, masks=True, progress=True):
+    """Decode examples once into a list of uint8 (image, mask) pairs (mask None when absent).
+
+    This is the pipeline's cache: uint8 at original size, never float32. Unreadable files are
+    reported by id.
+    """
+    indices = range(len(split)) if indices is None else indices
+    out, t0 = [], time.time()
+    for k, i in enumerate(indices):
+        image, mask = read_example(split, i) if masks else (read_image(split.image_paths[i],
+                                                            f"{split.name} id {split.ids[i]}"), None)
+        out.append((image, mask))
+        if progress and (time.time() - t0 > 5 and k % 50 == 0):
+            print(f"  decoded {k + 1}/{len(indices)} {split.name} images", flush=True)
+    return out
+
+
+PAD_VALUE = 114.0  # image padding: mid-gray, so padding is neither black nor a class colour
+
+
+def _place(image, mask, size, offset, new_hw):
+    """Resize image (bilinear) and mask (nearest) to new_hw, then crop/pad into a size x size
+    canvas at offset (negative offset = image starts inside the canvas)."""
+    image = tf.image.resize(image, new_hw, method="bilinear")
+    mask = tf.image.resize(mask[:, :, None], new_hw, method="nearest")[:, :, 0]
+    oy, ox = offset[0], offset[1]
+    y0, x0 = tf.maximum(oy, 0), tf.maximum(ox, 0)
+    image = image[y0:y0 + size, x0:x0 + size]
+    mask = mask[y0:y0 + size, x0:x0 + size]
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    top, left = tf.maximum(-oy, 0), tf.maximum(-ox, 0)
+    pads = [[top, size - h - top], [left, size - w - left]]
+    image = tf.pad(image, pads + [[0, 0]], constant_values=PAD_VALUE)
+    mask = tf.pad(mask, pads, constant_values=VOID)
+    return tf.ensure_shape(image, (size, size, 3)), tf.ensure_shape(mask, (size, size))
+
+
+def fit_to_size(image, mask, size, fit="pad"):
+    """Deterministic resize for evaluation: 'pad' keeps the aspect ratio (longer side = size,
+    centred, padded with void); 'resize' stretches to size x size."""
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    if fit == "resize":
+        new_hw = tf.constant([size, size])
+    else:
+        new_hw = tf.maximum(tf.cast(tf.round(hw * size / tf.reduce_max(hw)), tf.int32), 1)
+    offset = -((size - new_hw) // 2)
+    return _place(image, mask, size, offset, new_hw)
+
+
+def augment(image, mask, size, seed, scale=(0.75, 1.25), fit="pad", flip=True, jitter=True):
+    """Training augmentation with one geometry for image and mask: random rescale around the
+    fitted size, random crop/pad to size x size, horizontal flip; colour jitter on the image."""
+    seeds = tf.random.experimental.stateless_split(seed, 8)
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    s = tf.random.stateless_uniform([], seeds[0], scale[0], scale[1])
+    if fit == "resize":
+        new_hw = tf.cast(tf.round(tf.fill([2], float(size)) * s), tf.int32)
+    else:
+        new_hw = tf.cast(tf.round(hw * (size / tf.reduce_max(hw)) * s), tf.int32)
+    new_hw = tf.maximum(new_hw, 1)
+    slack = new_hw - size  # > 0: crop that much, < 0: pad that much
+    u = tf.random.stateless_uniform([2], seeds[1])
+    offset = tf.where(slack > 0, tf.cast(u * tf.cast(slack + 1, tf.float32), tf.int32),
+                      -tf.cast(u * tf.cast(-slack + 1, tf.float32), tf.int32))
+    offset = tf.minimum(offset, tf.maximum(slack, 0))
+    image, mask = _place(image, mask, size, offset, new_hw)
+    if flip:
+        do_flip = tf.random.stateless_uniform([], seeds[2]) < 0.5
+        image = tf.cond(do_flip, lambda: image[:, ::-1], lambda: image)
+        mask = tf.cond(do_flip, lambda: mask[:, ::-1], lambda: mask)
+    if jitter:
+        valid = tf.cast(mask != VOID, tf.float32)[:, :, None]  # keep padding untouched
+        x = image / 255.0
+        x = tf.image.stateless_random_brightness(x, 0.15, seeds[3])
+        x = tf.image.stateless_random_contrast(x, 0.75, 1.25, seeds[4])
+        x = tf.image.stateless_random_saturation(x, 0.7, 1.3, seeds[5])
+        x = tf.image.stateless_random_hue(x, 0.03, seeds[6])
+        x = tf.clip_by_value(x, 0.0, 1.0) * 255.0
+        pad = tf.cast(tf.reduce_all(tf.equal(image, PAD_VALUE), axis=-1, keepdims=True), tf.float32)
+        keep = tf.maximum(valid, 1.0 - pad)
+        image = x * keep + image * (1.0 - keep)
+    return image, mask
+
+
+def make_dataset(split, examples, size, batch_size, training=False, seed=0, target="labels",
+                 scale=(0.75, 1.25), fit="pad", flip=True, jitter=True, repeat=False):
+    """tf.data pipeline over decoded uint8 examples (from load_examples, same order as split).
+
+    Yields (images float32 [0,255] of shape (B,size,size,3), target) with target:
+    'labels' -> (B,20) float32, 'mask' -> (B,size,size) int32 with 255 = void,
+    'both' -> dict(labels=..., mask=...). Deterministic for a seed; reshuffled every epoch.
+    """
+    n = len(examples)
+    if n == 0:
+        raise UserError(f"{split.name} split is empty")
+    labels = np.maximum(split.labels, 0).astype(np.float32)
+    if target in ("mask", "both") and any(m is None for _, m in examples):
+        raise UserError(f"{split.name} split has images without masks; cannot train segmentation")
+
+    def fetch(i):
+        image, mask = examples[int(i)]
+        if mask is None:
+            mask = np.full(image.shape[:2], VOID, np.uint8)
+        return image, mask
+
+    def load(i, s):
+        image, mask = tf.numpy_function(fetch, [i], (tf.uint8, tf.uint8), stateful=False)
+        image = tf.cast(tf.ensure_shape(image, (None, None, 3)), tf.float32)
+        mask = tf.ensure_shape(mask, (None, None))
+        if training:
+            image, mask = augment(image, mask, size, s, scale, fit, flip, jitter)
+        else:
+            image, mask = fit_to_size(image, mask, size, fit)
+        mask = tf.cast(mask, tf.int32)
+        y = tf.gather(labels, i)
+        out = {"labels": y, "mask": mask}
+        return image, (out if target == "both" else out[target])
+
+    index = tf.data.Dataset.range(n)
+    if training:
+        index = index.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    ds = tf.data.Dataset.zip((index, seeds)).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    if repeat:
+        ds = ds.repeat()
+    return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+
+
+# ----------------------------------------------------------------------------------------------
+# Competition contract: RLE, Dice, submission.csv, scorer
+
+def rle_encode(x):
+    """Run-length encoding of a binary array, flattened in C order: '1-indexed start, length'
+    pairs joined by single spaces; same string as the competition template's _rle_encode."""
+    pixels = np.asarray(x).ravel()
+    if pixels.dtype != bool:
+        if pixels.size and not np.isin(pixels, (0, 1)).all():
+            raise ValueError("rle_encode takes a binary array (0/1 or bool)")
+        pixels = pixels.astype(bool)
+    padded = np.concatenate([[False], pixels, [False]])
+    runs = np.flatnonzero(padded[1:] != padded[:-1]) + 1
+    runs[1::2] -= runs[::2]
+    return " ".join(map(str, runs.tolist()))
+
+
+def rle_runs(rle, size=None):
+    """Parse an RLE string into (starts, lengths) 0-indexed int64 arrays, checking that it is
+    well formed and, if size is given, that every run lies inside an array of that many items."""
+    text = "" if rle is None else str(rle).strip()
+    try:
+        values = np.array(text.split(), dtype=np.int64) if text else np.zeros(0, np.int64)
+    except ValueError:
+        raise ValueError(f"RLE holds a non-integer: {text[:40]!r}") from None
+    if len(values) % 2:
+        raise ValueError("RLE has an odd number of values")
+    starts, lengths = values[0::2] - 1, values[1::2]
+    if (starts < 0).any() or (lengths < 1).any():
+        raise ValueError("RLE has a start below 1 or a length below 1")
+    if (starts[1:] < starts[:-1] + lengths[:-1]).any():
+        raise ValueError("RLE runs overlap or are out of order")
+    if size is not None and len(starts) and starts[-1] + lengths[-1] > size:
+        raise ValueError(f"RLE run ends at {starts[-1] + lengths[-1]}, beyond the array size {size}")
+    return starts, lengths
+
+
+def rle_decode(rle, shape):
+    """Inverse of rle_encode: a uint8 0/1 array of the given shape."""
+    size = int(np.prod(shape))
+    starts, lengths = rle_runs(rle, size)
+    flat = np.zeros(size + 1, np.int32)
+    np.add.at(flat, starts, 1)
+    np.add.at(flat, starts + lengths, -1)
+    return (np.cumsum(flat[:-1]) > 0).astype(np.uint8).reshape(shape)
+
+
+def dice(pred, true):
+    """Competition Dice of two binary arrays: 2|P∩T| / (|P|+|T|), 1.0 when both are empty."""
+    pred, true = np.asarray(pred).astype(bool), np.asarray(true).astype(bool)
+    total = int(pred.sum()) + int(true.sum())
+    return 1.0 if total == 0 else 2.0 * int((pred & true).sum()) / total
+
+
+def rle_dice(a, b):
+    """Dice of two RLE strings, computed from the runs (no decoding needed)."""
+    sa, la = rle_runs(a)
+    sb, lb = rle_runs(b)
+    total = int(la.sum() + lb.sum())
+    if total == 0:
+        return 1.0
+    if len(sa) == 0 or len(sb) == 0:
+        return 0.0
+    ea, eb = sa + la, sb + lb
+    # overlap of every run in a with the runs of b it can touch
+    lo = np.searchsorted(eb, sa, side="right")
+    hi = np.searchsorted(sb, ea, side="left")
+    inter = 0
+    for i in np.flatnonzero(hi > lo):
+        j = slice(lo[i], hi[i])
+        inter += int(np.maximum(0, np.minimum(ea[i], eb[j]) - np.maximum(sa[i], sb[j])).sum())
+    return 2.0 * inter / total
+
+
+def seg_stack(mask):
+    """The competition's segmentation target: the 20xHxW stack [mask == c for c in 1..20]."""
+    mask = np.asarray(mask)
+    return mask[None] == np.arange(1, NUM_CLASSES + 1, dtype=mask.dtype)[:, None, None]
+
+
+def submission_rows(ids, labels, masks):
+    """Two (Id, RLE) rows per image: {id}_classification and {id}_segmentation."""
+    if len(ids) != len(labels) or len(ids) != len(masks):
+        raise ValueError(f"{len(ids)} ids, {len(labels)} label vectors and {len(masks)} masks")
+    rows = []
+    for i, y, m in zip(ids, labels, masks):
+        y = np.asarray(y)
+        if y.shape != (NUM_CLASSES,):
+            raise ValueError(f"id {i}: label vector has shape {y.shape}, expected (20,)")
+        m = np.asarray(m)
+        if m.ndim != 2:
+            raise ValueError(f"id {i}: mask has shape {m.shape}, expected HxW")
+        rows.append((f"{i}_classification", rle_encode(y > 0)))
+        rows.append((f"{i}_segmentation", rle_encode(seg_stack(m))))
+    return rows
+
+
+def write_submission(path, ids, labels, masks, shapes=False):
+    """Write submission.csv (header Id,Predicted; two rows per image in the given order),
+    validated and atomically. shapes=True adds a Shape column (used for solution files, so the
+    scorer can check that predicted runs fit the true array size)."""
+    rows = submission_rows(ids, labels, masks)
+    sizes = []
+    for m in masks:
+        h, w = np.asarray(m).shape
+        sizes += [(NUM_CLASSES,), (NUM_CLASSES, h, w)]
+    header = ["Id", "Predicted"] + (["Shape"] if shapes else [])
+    lines = [header] + [[r[0], r[1]] + (["x".join(map(str, s))] if shapes else [])
+                        for r, s in zip(rows, sizes)]
+    validate_rows(rows, [str(i) for i in ids], [int(np.prod(s)) for s in sizes])
+    atomic_write(path, lambda f: csv.writer(f, lineterminator="\n").writerows(lines), newline="")
+    return path
+
+
+def validate_rows(rows, ids, sizes=None):
+    """Check a submission's rows: each id exactly twice (classification then segmentation, in the
+    given order), every RLE well formed and, when sizes are known, inside its array."""
+    if len(set(ids)) != len(ids):
+        raise UserError(f"submission: duplicate image ids, e.g. {next(i for i in ids if ids.count(i) > 1)!r}")
+    expected = [f"{i}_{kind}" for i in ids for kind in ("classification", "segmentation")]
+    got = [r[0] for r in rows]
+    if got != expected:
+        have, want = set(got), set(expected)
+        if len(got) != len(have):
+            dup = next(g for g in got if got.count(g) > 1)
+            raise UserError(f"submission: row {dup!r} appears more than once")
+        if want - have:
+            raise UserError(f"submission: {len(want - have)} rows missing, e.g. {sorted(want - have)[0]!r}")
+        if have - want:
+            raise UserError(f"submission: unexpected row {sorted(have - want)[0]!r}")
+        raise UserError("submission: rows are not in test order (classification, segmentation per id)")
+    for k, (row_id, rle) in enumerate(rows):
+        try:
+            rle_runs(rle, None if sizes is None else sizes[k])
+        except ValueError as e:
+            raise UserError(f"submission row {row_id}: {e}") from None
+
+
+def read_submission(path):
+    """Rows of a submission or solution CSV as a list of dicts (Id, Predicted[, Shape])."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or reader.fieldnames[:2] != ["Id", "Predicted"]:
+                raise UserError(f"{path}: header must start with Id,Predicted")
+            return [dict(r) for r in reader]
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+
+
+def validate_submission(path, ids, sizes=None):
+    """Check a written submission file strictly: header, test order, each id twice, every RLE
+    well formed and (with sizes: items per row) inside its array."""
+    rows = read_submission(path)
+    validate_rows([(r["Id"], r["Predicted"]) for r in rows], [str(i) for i in ids], sizes)
+    return len(rows)
+
+
+def score_submission(pred_csv, truth):
+    """Score a submission against a solution CSV (the truth in the same format). Returns
+    {'classification', 'segmentation', 'score', 'images'}: mean Dice over each half's rows and
+    over all rows, as the competition does."""
+    truth_rows = read_submission(truth)
+    pred_rows = read_submission(pred_csv)
+    ids = [r["Id"][: -len("_classification")] for r in truth_rows if r["Id"].endswith("_classification")]
+    sizes = None
+    if truth_rows and truth_rows[0].get("Shape"):
+        sizes = [int(np.prod([int(v) for v in r["Shape"].split("x")])) for r in truth_rows]
+    validate_rows([(r["Id"], r["Predicted"]) for r in truth_rows], ids, sizes)
+    pred = {r["Id"]: r["Predicted"] for r in pred_rows}
+    order = {r["Id"]: k for k, r in enumerate(truth_rows)}
+    rows = sorted(pred_rows, key=lambda r: order.get(r["Id"], len(order)))
+    validate_rows([(r["Id"], r["Predicted"]) for r in rows], ids, sizes)
+    halves = {"classification": [], "segmentation": []}
+    for r in truth_rows:
+        kind = r["Id"].rsplit("_", 1)[1]
+        halves[kind].append(rle_dice(pred[r["Id"]], r["Predicted"]))
+    all_rows = halves["classification"] + halves["segmentation"]
+    return {"classification": float(np.mean(halves["classification"])),
+            "segmentation": float(np.mean(halves["segmentation"])),
+            "score": float(np.mean(all_rows)), "images": len(ids)}
+
+
+def atomic_write(path, write, mode="w", newline=None):
+    """Write a file through a temporary name in the same folder, then rename: readers never see
+    a half-written file, and an existing file survives a failed write."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    except OSError as e:
+        raise UserError(f"cannot write in {folder}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, mode, newline=newline) as f:
+            write(f)
+        os.replace(tmp, path)
+    except OSError as e:
+        os.unlink(tmp)
+        raise UserError(f"cannot write {path}: {e.strerror}") from None
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_json(path, obj):
+    atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=False))
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics (NumPy)
+
+def average_precision(y_true, scores):
+    """Average precision of one class (area under the step precision-recall curve, as
+    scikit-learn computes it); NaN when the class has no positive example."""
+    y_true = np.asarray(y_true) > 0
+    if not y_true.any():
+        return float("nan")
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    s, t = np.asarray(scores)[order], y_true[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each distinct score
+    tp = np.cumsum(t)[last]
+    precision = tp / (last + 1)
+    recall = tp / t.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def mean_average_precision(y_true, scores):
+    """(mAP over classes with positives, per-class AP list)."""
+    per_class = [average_precision(y_true[:, c], scores[:, c]) for c in range(y_true.shape[1])]
+    return float(np.nanmean(per_class)), per_class
+
+
+def classification_dice(pred, true):
+    """Mean per-image competition Dice of binary label vectors (N, 20)."""
+    return float(np.mean([dice(p, t) for p, t in zip(pred, true)]))
+
+
+def segmentation_dice(pred_mask, true_mask):
+    """Competition Dice of one image's label maps, on the 20xHxW class stack (void pixels are in
+    no class of the truth, so predicting a class there counts against the prediction)."""
+    pred_mask, true_mask = np.asarray(pred_mask), np.asarray(true_mask)
+    p = (pred_mask >= 1) & (pred_mask <= NUM_CLASSES)
+    t = (true_mask >= 1) & (true_mask <= NUM_CLASSES)
+    total = int(p.sum()) + int(t.sum())
+    return 1.0 if total == 0 else 2.0 * int((p & t & (pred_mask == true_mask)).sum()) / total
+
+
+def confusion_matrix(pred, true, num_classes=NUM_CLASSES + 1):
+    """(num_classes x num_classes) counts, rows = truth; void (255) pixels ignored."""
+    pred, true = np.asarray(pred).ravel().astype(np.int64), np.asarray(true).ravel().astype(np.int64)
+    keep = true != VOID
+    return np.bincount(true[keep] * num_classes + pred[keep],
+                       minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def iou_from_confusion(cm):
+    """(mIoU over classes present in truth or prediction, per-class IoU with NaN for absent)."""
+    inter = np.diag(cm).astype(np.float64)
+    union = cm.sum(0) + cm.sum(1) - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+    return float(np.nanmean(iou)), iou.tolist()
+
+
+class LabelDice(keras.metrics.Metric):
+    """Training metric: mean per-image competition Dice of multi-label predictions thresholded at
+    `threshold` (an image with no true and no predicted label scores 1)."""
+
+    def __init__(self, threshold=0.5, name="dice", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.threshold = threshold
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        p = keras.ops.cast(y_pred >= self.threshold, "float32")
+        t = keras.ops.cast(y_true > 0.5, "float32")
+        self._add(keras.ops.sum(p * t, -1), keras.ops.sum(p, -1) + keras.ops.sum(t, -1))
+
+    def _add(self, inter, total):
+        d = keras.ops.where(total > 0, 2.0 * inter / keras.ops.maximum(total, 1.0), 1.0)
+        self.total.assign_add(keras.ops.sum(d))
+        self.count.assign_add(keras.ops.cast(keras.ops.shape(d)[0], "float32"))
+
+    def result(self):
+        return self.total / keras.ops.maximum(self.count, 1.0)
+
+    def reset_state(self):
+        self.total.assign(0.0)
+        self.count.assign(0.0)
+
+    def get_config(self):
+        return {**super().get_config(), "threshold": self.threshold}
+
+
+class MaskDice(LabelDice):
+    """Training metric: mean per-image competition segmentation Dice (the 20-class stack) of
+    argmax predictions (B,H,W,21) against label maps (B,H,W) with 255 = void."""
+
+    def __init__(self, name="dice", **kwargs):
+        kwargs.pop("threshold", None)
+        super().__init__(name=name, **kwargs)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        t = keras.ops.cast(y_true, "int32")
+        p = keras.ops.cast(keras.ops.argmax(y_pred, axis=-1), "int32")
+        t_obj = keras.ops.cast((t >= 1) & (t <= NUM_CLASSES), "float32")
+        p_obj = keras.ops.cast(p >= 1, "float32")
+        hit = t_obj * p_obj * keras.ops.cast(p == t, "float32")
+        axes = (1, 2)
+        self._add(keras.ops.sum(hit, axes), keras.ops.sum(p_obj, axes) + keras.ops.sum(t_obj, axes))
+
+
+# ----------------------------------------------------------------------------------------------
+# Demo data: synthetic, deterministic, competition layout
+
+# (shape, RGB colour, texture) per class: every class is told apart by its combination.
+DEMO_STYLE = [
+    ("cross", (170, 190, 230), "solid"), ("ring", (150, 20, 30), "solid"),
+    ("triangle", (240, 220, 40), "dots"), ("halfdisc", (130, 80, 30), "hstripes"),
+    ("bar_v", (30, 150, 50), "gradient"), ("bar_h", (250, 140, 20), "vstripes"),
+    ("ellipse_h", (220, 30, 30), "solid"), ("diamond", (120, 120, 120), "checker"),
+    ("ell", (130, 40, 170), "solid"), ("ellipse_h", (240, 240, 240), "checker"),
+    ("tee", (210, 180, 120), "hstripes"), ("hexagon", (200, 110, 40), "dots"),
+    ("star", (150, 60, 20), "solid"), ("dumbbell", (20, 40, 110), "solid"),
+    ("capsule", (240, 170, 150), "solid"), ("triangle_down", (10, 90, 40), "checker"),
+    ("disc", (245, 235, 200), "dots"), ("cup", (20, 150, 150), "solid"),
+    ("parallelogram", (30, 30, 120), "vstripes"), ("frame", (40, 210, 230), "diagonal"),
+]
+DEMO_SIZES = [(375, 500), (500, 375), (333, 500), (281, 500), (500, 333), (375, 375), (240, 320)]
+DEMO_SIZE_P = [0.35, 0.2, 0.1, 0.1, 0.1, 0.1, 0.05]  # mostly 500x375, like VOC
+
+
+def _demo_shape(kind, u, v):
+    """Boolean mask of a unit-size shape in centred coordinates u (right), v (down)."""
+    au, av = np.abs(u), np.abs(v)
+    r = np.hypot(u, v)
+    if kind == "disc":
+        return r <= 1
+    if kind == "ring":
+        return (r <= 1) & (r >= 0.6)
+    if kind == "cross":
+        return ((au <= 1) & (av <= 0.28)) | ((au <= 0.28) & (av <= 1))
+    if kind == "triangle":
+        return (v <= 0.8) & (v >= -1 + 1.8 * au)
+    if kind == "triangle_down":
+        return (v >= -0.8) & (v <= 1 - 1.8 * au)
+    if kind == "halfdisc":
+        return (r <= 1) & (v >= -0.1)
+    if kind == "bar_v":
+        return (au <= 0.35) & (av <= 1)
+    if kind == "bar_h":
+        return (au <= 1) & (av <= 0.5)
+    if kind == "ellipse_h":
+        return (u / 1.0) ** 2 + (v / 0.55) ** 2 <= 1
+    if kind == "diamond":
+        return au + av <= 1
+    if kind == "ell":
+        return ((u >= -0.8) & (u <= -0.3) & (av <= 1)) | ((u >= -0.8) & (u <= 0.8) & (v >= 0.5) & (v <= 1))
+    if kind == "tee":
+        return ((au <= 1) & (v >= -1) & (v <= -0.55)) | ((au <= 0.25) & (av <= 1))
+    if kind == "hexagon":
+        return (av <= 0.87) & (0.5 * au + 0.58 * av <= 0.87 * 0.58 + 0.5 * 0.5)
+    if kind == "star":
+        theta = np.arctan2(v, u)
+        return r <= 0.45 + 0.55 * np.abs(np.cos(2.5 * theta + np.pi / 2)) ** 3
+    if kind == "dumbbell":
+        return (np.hypot(u + 0.55, v) <= 0.45) | (np.hypot(u - 0.55, v) <= 0.45) | ((au <= 0.6) & (av <= 0.12))
+    if kind == "capsule":
+        return (np.hypot(u, v + 0.6) <= 0.38) | ((au <= 0.42) & (v >= -0.3) & (v <= 1))
+    if kind == "cup":
+        return (au <= 1) & (av <= 0.7) & ~((au <= 0.6) & (v <= 0.25))
+    if kind == "parallelogram":
+        return (av <= 0.4) & (np.abs(u + 0.6 * v) <= 1)
+    if kind == "frame":
+        return (au <= 1) & (av <= 0.8) & ~((au <= 0.72) & (av <= 0.52))
+    raise ValueError(kind)
+
+
+def _demo_texture(kind, u, v):
+    """Per-pixel brightness factor in [0.55, 1.1] that gives each class its surface pattern."""
+    if kind == "dots":
+        return np.where(np.hypot((u * 4) % 1 - 0.5, (v * 4) % 1 - 0.5) < 0.25, 0.55, 1.0)
+    if kind == "hstripes":
+        return np.where((v * 5) % 1 < 0.5, 0.6, 1.05)
+    if kind == "vstripes":
+        return np.where((u * 5) % 1 < 0.5, 0.6, 1.05)
+    if kind == "diagonal":
+        return np.where(((u + v) * 4) % 1 < 0.5, 0.6, 1.05)
+    if kind == "checker":
+        return np.where(((np.floor(u * 3) + np.floor(v * 3)) % 2) == 0, 0.55, 1.05)
+    if kind == "gradient":
+        return 0.6 + 0.25 * (v + 1)
+    return np.ones_like(u)
+
+
+def _demo_background(rng, h, w):
+    """Cluttered, muted background: a colour gradient, noise, and gray-ish bars and boxes."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    c0, c1 = rng.uniform(60, 190, 3), rng.uniform(60, 190, 3)
+    t = (xx / w * rng.uniform(-1, 1) + yy / h * rng.uniform(-1, 1))[:, :, None]
+    img = c0 + (c1 - c0) * (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+    for _ in range(rng.integers(3, 9)):
+        g = rng.uniform(50, 200)
+        col = g + rng.uniform(-25, 25, 3)  # low saturation: never confused with a class colour
+        y0, x0 = rng.integers(0, h), rng.integers(0, w)
+        if rng.random() < 0.5:
+            y1, x1 = y0 + rng.integers(h // 10, h // 3), x0 + rng.integers(w // 10, w // 3)
+        else:  # thin line
+            y1, x1 = (y0 + rng.integers(2, 6), w) if rng.random() < 0.5 else (h, x0 + rng.integers(2, 6))
+        img[y0:y1, x0:x1] = col
+    img += rng.normal(0, 8, img.shape)
+    return img
+
+
+def _void_border(mask, width=2):
+    """VOC-style void band: pixels within `width` of a boundary between two labels where one side
+    is an object are set to 255."""
+    edge = np.zeros(mask.shape, bool)
+    for a, b in ((mask[1:], mask[:-1]), (mask[:, 1:], mask[:, :-1])):
+        e = (a != b) & ((a > 0) | (b > 0))
+        if a.shape[0] != mask.shape[0]:
+            edge[1:] |= e
+            edge[:-1] |= e
+        else:
+            edge[:, 1:] |= e
+            edge[:, :-1] |= e
+    band = edge.copy()
+    for _ in range(width - 1):
+        grown = band.copy()
+        grown[1:] |= band[:-1]
+        grown[:-1] |= band[1:]
+        grown[:, 1:] |= band[:, :-1]
+        grown[:, :-1] |= band[:, 1:]
+        band = grown
+    out = mask.copy()
+    out[band] = VOID
+    return out
+
+
+def demo_example(seed, index, scale=1.0):
+    """One synthetic (image uint8 HxWx3, mask uint8 HxW) pair, fixed by (seed, index)."""
+    rng = np.random.default_rng([seed, index])
+    h, w = DEMO_SIZES[rng.choice(len(DEMO_SIZES), p=DEMO_SIZE_P)]
+    h, w = max(32, int(round(h * scale))), max(32, int(round(w * scale)))
+    image = _demo_background(rng, h, w)
+    mask = np.zeros((h, w), np.uint8)
+    weights = np.ones(NUM_CLASSES)
+    weights[CLASSES.index("person")] = 3.0  # VOC-like imbalance: person is the common class
+    n_obj = rng.integers(1, 5)
+    classes = rng.choice(NUM_CLASSES, size=n_obj, p=weights / weights.sum())
+    for c in classes:
+        shape, colour, texture = DEMO_STYLE[c]
+        radius = rng.uniform(0.15, 0.38) * min(h, w) * (1.3 if n_obj == 1 else 1.0)
+        stretch = rng.uniform(0.8, 1.25)
+        cy, cx = rng.uniform(0.15, 0.85) * h, rng.uniform(0.15, 0.85) * w
+        y0, y1 = int(max(cy - 1.3 * radius, 0)), int(min(cy + 1.3 * radius + 1, h))
+        x0, x1 = int(max(cx - 1.3 * radius * stretch, 0)), int(min(cx + 1.3 * radius * stretch + 1, w))
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        u, v = (xx - cx) / (radius * stretch), (yy - cy) / radius
+        inside = _demo_shape(shape, u, v)
+        col = np.clip(np.array(colour) * rng.uniform(0.85, 1.15) + rng.uniform(-15, 15, 3), 0, 255)
+        patch = col * _demo_texture(texture, u, v)[:, :, None]
+        image[y0:y1, x0:x1][inside] = patch[inside]
+        mask[y0:y1, x0:x1][inside] = c + 1
+    image = np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
+    return image, _void_border(mask, width=max(1, round(2 * scale)))
+
+
+def default_cache_dir():
+    return os.environ.get("VOC_TOOLKIT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "voc-toolkit"))
+
+
+def make_demo(root=None, n_train=300, n_test=100, seed=0, scale=1.0):
+    """Generate (once) the demo dataset in the competition layout and return its folder.
+
+    Also writes solution.csv (the test truth in submission format, with shapes) and
+    test_labels.csv, so the local scorer can be shown working. Generation goes to a temporary
+    folder that is renamed at the end: an interrupted run leaves no half-made dataset.
+    """
+    if root is None:
+        root = os.path.join(default_cache_dir(),
+                            f"demo-v{DEMO_VERSION}-seed{seed}-{n_train}-{n_test}-x{scale:g}")
+    if os.path.isfile(os.path.join(root, "solution.csv")):
+        return root
+    parent = os.path.dirname(os.path.abspath(root))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".demo-", dir=parent)
+    print(f"generating demo data ({n_train} train + {n_test} test images) in {root}", flush=True)
+    test = {"ids": [], "labels": [], "masks": []}
+    for split, n, offset in (("train", n_train, 0), ("test", n_test, 10 ** 6)):
+        for sub in ("img", "seg") if split == "train" else ("img",):
+            os.makedirs(os.path.join(tmp, split, sub))
+        rows = []
+        for i in range(n):
+            image, mask = demo_example(seed, offset + i, scale)
+            np.save(os.path.join(tmp, split, "img", f"{split}_{i}.npy"), image)
+            labels = labels_from_mask(mask)
+            if split == "train":
+                np.save(os.path.join(tmp, split, "seg", f"{split}_{i}.npy"), mask)
+                rows.append([i] + labels.tolist())
+            else:
+                rows.append([i] + [-1] * NUM_CLASSES)
+                test["ids"].append(i)
+                test["labels"].append(labels)
+                test["masks"].append(mask)
+        with open(os.path.join(tmp, split, f"{split}_set.csv"), "w", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows([["Id", *CLASSES]] + rows)
+    with open(os.path.join(tmp, "test_labels.csv"), "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(
+            [["Id", *CLASSES]] + [[i, *y.tolist()] for i, y in zip(test["ids"], test["labels"])])
+    write_submission(os.path.join(tmp, "solution.csv"), test["ids"], test["labels"], test["masks"], shapes=True)
+    try:
+        os.rename(tmp, root)
+    except OSError:  # another process finished first: keep theirs
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.isfile(os.path.join(root, "solution.csv")):
+            raise
+    return root
+
+
+# ----------------------------------------------------------------------------------------------
+# Pictures
+
+def voc_palette():
+    """The standard VOC colour map: (256, 3) uint8, index 255 (void) is cream."""
+    pal = np.zeros((256, 3), np.uint8)
+    for i in range(256):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal[i] = (r, g, b)
+    pal[VOID] = (224, 224, 192)
+    return pal
+
+
+def colorize(mask):
+    return voc_palette()[np.asarray(mask)]
+
+
+def font(size=12):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType sizes
+        return ImageFont.load_default()
+
+
+def tile(image, height, caption=""):
+    """An image scaled to a given height with a caption (one or more lines) below it."""
+    im = Image.fromarray(np.asarray(image, np.uint8))
+    w = max(1, round(im.width * height / im.height))
+    im = im.resize((w, height), Image.NEAREST if np.asarray(image).ndim == 2 else Image.BILINEAR)
+    line_h = 14
+    out = Image.new("RGB", (w, height + line_h * (caption.count("\n") + 1) + 4), "white")
+    out.paste(im.convert("RGB"), (0, 0))
+    ImageDraw.Draw(out).multiline_text((2, height + 2), caption, fill="black", font=font(11), spacing=1)
+    return out
+
+
+def grid(tiles, columns, pad=6, title=""):
+    """Lay tiles out in rows, left to right; returns a PIL image."""
+    rows = [tiles[k:k + columns] for k in range(0, len(tiles), columns)]
+    widths = [sum(t.width for t in r) + pad * (len(r) + 1) for r in rows]
+    heights = [max(t.height for t in r) + pad for r in rows]
+    top = 24 if title else 0
+    out = Image.new("RGB", (max(widths), sum(heights) + pad + top), "white")
+    if title:
+        ImageDraw.Draw(out).text((pad, 4), title, fill="black", font=font(14))
+    y = top + pad
+    for r, h in zip(rows, heights):
+        x = pad
+        for t in r:
+            out.paste(t, (x, y))
+            x += t.width + pad
+        y += h
+    return out
+
+
+def save_png(path, image):
+    atomic_write(path, lambda f: image.save(f, format="PNG"), mode="wb")
+
+
+def wrap_names(names, width=40):
+    lines, line = [], ""
+    for n in names:
+        if line and len(line) + len(n) + 2 > width:
+            lines.append(line + ",")
+            line = n
+        else:
+            line = f"{line}, {n}" if line else n
+    return "\n".join(lines + [line])
+
+
+def legend(classes, height=16):
+    """A strip of palette swatches with class names, for mask pictures."""
+    pal = voc_palette()
+    items = [(0, "background")] + [(c + 1, CLASSES[c]) for c in classes] + [(VOID, "void")]
+    out = Image.new("RGB", (130 * min(len(items), 6), (height + 4) * ((len(items) + 5) // 6)), "white")
+    d = ImageDraw.Draw(out)
+    for k, (idx, name) in enumerate(items):
+        x, y = 130 * (k % 6), (height + 4) * (k // 6)
+        d.rectangle([x + 2, y + 2, x + height, y + height], fill=tuple(int(v) for v in pal[idx]), outline="black")
+        d.text((x + height + 6, y + 3), name, fill="black", font=font(11))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+def dataset_summary(data=None, out=None, samples=12, seed=0):
+    """Read every image and mask of a dataset, print a summary, write samples.png into out."""
+    root, _ = resolve_data(data)  # generates the demo data first if needed
+    t0 = time.time()
+    train = load_split(root, "train")
+    test = load_split(root, "test")
+    print(f"data: {train.root} ({train.layout} layout)")
+    print(f"train: {len(train)} images, masks: {'yes' if train.has_masks else 'no'}; test: {len(test)} images")
+    for split in (train, test):
+        sizes, void, objects = [], 0, 0
+        for i in range(len(split)):
+            image, mask = read_example(split, i)
+            sizes.append(image.shape[:2])
+            if mask is not None:
+                void += int((mask == VOID).sum())
+                objects += int(((mask > 0) & (mask != VOID)).sum())
+        if not sizes:
+            continue
+        hs, ws = np.array(sizes).T
+        common = sorted({s: sizes.count(s) for s in set(sizes)}.items(), key=lambda kv: -kv[1])[:3]
+        print(f"{split.name} image sizes (HxW): height {hs.min()}-{np.median(hs):.0f}-{hs.max()}, "
+              f"width {ws.min()}-{np.median(ws):.0f}-{ws.max()} (min-median-max); most common "
+              + ", ".join(f"{h}x{w} ({n})" for (h, w), n in common))
+        if split.has_masks:
+            pixels = int(sum(h * w for h, w in sizes))
+            print(f"{split.name} pixels: {100 * objects / pixels:.1f}% object, {100 * void / pixels:.1f}% void")
+    if train.has_labels:
+        counts = (train.labels > 0).sum(0)
+        per_image = (train.labels > 0).sum(1)
+        print(f"labels per image: mean {per_image.mean():.2f}, max {per_image.max()}, "
+              f"images with none {int((per_image == 0).sum())}")
+        print("images per class: " + ", ".join(f"{c} {n}" for c, n in zip(CLASSES, counts)))
+    print(f"read every image and mask in {time.time() - t0:.1f} s")
+    if out:
+        os.makedirs(out, exist_ok=True)
+        pick = np.random.default_rng(seed).choice(len(train), size=min(samples, len(train)), replace=False)
+        tiles = []
+        for i in pick:
+            image, mask = read_example(train, i)
+            names = [CLASSES[c] for c in np.flatnonzero(train.labels[i] > 0)]
+            tiles.append(tile(image, 128, f"id {train.ids[i]}"))
+            if mask is not None:
+                chars = max(12, image.shape[1] * 128 // image.shape[0] // 6)
+                tiles.append(tile(colorize(mask), 128, wrap_names(names, chars)))
+        pic = grid(tiles, 6, title=f"{len(pick)} training samples from {train.root}: image | mask")
+        key = legend(range(NUM_CLASSES))
+        both = Image.new("RGB", (max(pic.width, key.width + 6), pic.height + key.height + 6), "white")
+        both.paste(pic, (0, 0))
+        both.paste(key, (6, pic.height))
+        save_png(os.path.join(out, "samples.png"), both)
+        print(f"wrote {os.path.join(out, 'samples.png')}")
+    return train, test
+
+
+def run_cli(main, argv=None):
+    """Call main(argv); a UserError becomes one 'error: ...' line and exit status 2 (the full
+    traceback with --debug)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return main(argv) or 0
+    except UserError as e:
+        if "--debug" in argv:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check", help="read every image and mask, print a summary, write samples.png")
+    c.add_argument("--data", help="dataset folder (competition or VOC devkit layout) or 'demo'; "
+                                  "default: the competition data under /kaggle/input")
+    c.add_argument("--out", default="runs/data_check", help="folder for samples.png (default %(default)s)")
+    c.add_argument("--debug", action="store_true", help="show full tracebacks")
+    s = sub.add_parser("score", help="score a submission against a solution CSV")
+    s.add_argument("--pred", required=True, help="submission.csv to score")
+    s.add_argument("--truth", required=True, help="solution CSV (same format: Id,Predicted[,Shape])")
+    s.add_argument("--debug", action="store_true", help="show full tracebacks")
+    args = p.parse_args(argv)
+    if args.command == "check":
+        dataset_summary(args.data, args.out)
+    else:
+        r = score_submission(args.pred, args.truth)
+        print(f"images {r['images']}  classification {r['classification']:.4f}  "
+              f"segmentation {r['segmentation']:.4f}  score {r['score']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

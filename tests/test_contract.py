@@ -1,0 +1,202 @@
+"""The competition contract: RLE, Dice, submission.csv, validator, scorer, metrics."""
+
+import numpy as np
+import pytest
+from conftest import template_rle_encode
+
+import common
+
+
+def random_binary_arrays(rng):
+    yield np.zeros((20,), np.uint8)
+    yield np.ones((20,), np.uint8)
+    yield np.zeros((20, 7, 5), np.uint8)
+    yield np.ones((20, 7, 5), np.uint8)
+    yield np.array([1, 0, 0, 1], np.uint8)  # runs touching both ends
+    yield np.array([1], np.uint8)
+    yield np.array([0], np.uint8)
+    for _ in range(300):
+        shape = tuple(rng.integers(1, 12, size=rng.integers(1, 4)))
+        density = rng.choice([0.02, 0.3, 0.5, 0.9, 0.99])
+        a = (rng.random(shape) < density).astype(np.uint8)
+        if rng.random() < 0.3:  # force runs at both ends
+            a.flat[0] = a.flat[-1] = 1
+        yield a
+
+
+def test_rle_matches_template_bit_for_bit():
+    rng = np.random.default_rng(0)
+    n = 0
+    for a in random_binary_arrays(rng):
+        assert common.rle_encode(a) == template_rle_encode(a)
+        assert common.rle_encode(a.astype(bool)) == template_rle_encode(a)
+        n += 1
+    assert n > 300
+
+
+def test_rle_known_strings():
+    assert common.rle_encode(np.zeros(5)) == ""
+    assert common.rle_encode(np.ones(5)) == "1 5"
+    assert common.rle_encode(np.array([1, 0, 0, 1, 1])) == "1 1 4 2"
+    # C order: rows first
+    assert common.rle_encode(np.array([[0, 1], [1, 0]])) == "2 2"
+
+
+def test_rle_round_trip():
+    rng = np.random.default_rng(1)
+    for a in random_binary_arrays(rng):
+        back = common.rle_decode(common.rle_encode(a), a.shape)
+        assert back.dtype == np.uint8 and back.shape == a.shape
+        np.testing.assert_array_equal(back, a)
+
+
+def test_rle_rejects_non_binary_and_malformed():
+    with pytest.raises(ValueError):
+        common.rle_encode(np.array([0, 2, 1]))
+    for bad in ["1", "1 x", "0 3", "2 0", "5 2 3 1", "1 3 2 2", "9 3"]:
+        with pytest.raises(ValueError):
+            common.rle_decode(bad, (10,))
+
+
+def test_dice_known_answers():
+    assert common.dice([0, 0], [0, 0]) == 1.0
+    assert common.dice([1, 0], [0, 0]) == 0.0
+    assert common.dice([1, 1, 0, 0], [1, 0, 1, 0]) == pytest.approx(0.5)
+    assert common.dice([1, 1, 1, 0], [1, 1, 0, 0]) == pytest.approx(0.8)
+    # from runs, with no decoding, equals the array version
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        a, b = (rng.random(50) < 0.4), (rng.random(50) < rng.random())
+        assert common.rle_dice(common.rle_encode(a), common.rle_encode(b)) == pytest.approx(common.dice(a, b))
+
+
+def test_segmentation_dice_is_dice_of_the_class_stack():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        t = rng.choice([0, 0, 3, 15, 255], size=(9, 11)).astype(np.uint8)
+        p = rng.choice([0, 3, 15, 7], size=(9, 11)).astype(np.uint8)
+        want = common.dice(common.seg_stack(p), common.seg_stack(t))
+        assert common.segmentation_dice(p, t) == pytest.approx(want)
+
+
+def make_truth(tmp_path, n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = list(range(10, 10 + n))
+    masks = [rng.choice([0, 1, 5, 15, 255], size=(rng.integers(5, 9), rng.integers(5, 9))).astype(np.uint8)
+             for _ in ids]
+    labels = [common.labels_from_mask(m) for m in masks]
+    path = common.write_submission(str(tmp_path / "solution.csv"), ids, labels, masks, shapes=True)
+    return path, ids, labels, masks
+
+
+def test_write_submission_format(tmp_path):
+    mask = np.array([[0, 1], [15, 255]], np.uint8)
+    labels = common.labels_from_mask(mask)
+    path = common.write_submission(str(tmp_path / "submission.csv"), [7], [labels], [mask])
+    text = open(path).read().splitlines()
+    assert text[0] == "Id,Predicted"
+    assert text[1] == "7_classification,1 1 15 1"
+    # stack 20x2x2: class 1 at flat index 1, class 15 at 14*4 + 2 = 58 -> 1-indexed 59
+    assert text[2] == "7_segmentation,2 1 59 1"
+    assert len(text) == 3
+
+
+def test_perfect_submission_scores_one_and_empty_scores_zero(tmp_path):
+    truth, ids, labels, masks = make_truth(tmp_path)
+    pred = common.write_submission(str(tmp_path / "perfect.csv"), ids, labels, masks)
+    r = common.score_submission(pred, truth)
+    assert r == {"classification": 1.0, "segmentation": 1.0, "score": 1.0, "images": len(ids)}
+    empty = common.write_submission(str(tmp_path / "empty.csv"), ids, [np.zeros(20)] * len(ids),
+                                    [np.zeros_like(m) for m in masks])
+    r = common.score_submission(empty, truth)
+    assert r["classification"] == 0.0 and r["segmentation"] == 0.0 and r["score"] == 0.0
+
+
+def test_scorer_halves_are_means_over_rows(tmp_path):
+    truth, ids, labels, masks = make_truth(tmp_path, seed=5)
+    wrong = [l.copy() for l in labels]
+    wrong[0] = 1 - wrong[0]  # first image's classification row scores 0
+    pred = common.write_submission(str(tmp_path / "p.csv"), ids, wrong, masks)
+    r = common.score_submission(pred, truth)
+    assert r["classification"] == pytest.approx((len(ids) - 1) / len(ids))
+    assert r["segmentation"] == 1.0
+    assert r["score"] == pytest.approx((2 * len(ids) - 1) / (2 * len(ids)))
+
+
+def test_scorer_cli(tmp_path, capsys):
+    truth, ids, labels, masks = make_truth(tmp_path)
+    pred = common.write_submission(str(tmp_path / "p.csv"), ids, labels, masks)
+    assert common.run_cli(common.main, ["score", "--pred", pred, "--truth", truth]) == 0
+    out = capsys.readouterr().out
+    assert "classification 1.0000" in out and "segmentation 1.0000" in out and "score 1.0000" in out
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda rows: rows[:-1], "missing"),
+    (lambda rows: rows + [rows[1]], "more than once"),
+    (lambda rows: [rows[1], rows[0]] + rows[2:], "order"),
+    (lambda rows: rows + [["99_classification", ""]], "unexpected"),
+    (lambda rows: [rows[0], [rows[1][0], "3 x"]] + rows[2:], "non-integer"),
+    (lambda rows: [rows[0], [rows[1][0], "1 2 2 1"]] + rows[2:], "overlap"),
+    (lambda rows: [[rows[0][0], "20 5"]] + rows[1:], "beyond the array size"),
+])
+def test_validator_rejects_malformed_submissions(tmp_path, edit, message):
+    truth, ids, labels, masks = make_truth(tmp_path)
+    pred = common.write_submission(str(tmp_path / "p.csv"), ids, labels, masks)
+    rows = [r.split(",", 1) for r in open(pred).read().splitlines()]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join(",".join(r) for r in [rows[0]] + edit(rows[1:])) + "\n")
+    sizes = [20 if k % 2 == 0 else 20 * masks[k // 2].size for k in range(2 * len(ids))]
+    assert common.validate_submission(pred, ids, sizes) == 2 * len(ids)
+    with pytest.raises(common.UserError, match=message):
+        common.validate_submission(str(bad), ids, sizes)
+    if message != "order":  # the scorer, like Kaggle's, takes rows in any order
+        with pytest.raises(common.UserError, match=message):
+            common.score_submission(str(bad), truth)
+
+
+def test_write_submission_is_atomic_and_validated(tmp_path):
+    path = tmp_path / "submission.csv"
+    path.write_text("old contents\n")
+    with pytest.raises(ValueError):  # 3-D mask: rejected before anything is written
+        common.write_submission(str(path), [1], [np.zeros(20)], [np.zeros((2, 2, 2))])
+    with pytest.raises(common.UserError):  # duplicate ids
+        common.write_submission(str(path), [1, 1], [np.zeros(20)] * 2, [np.zeros((2, 2))] * 2)
+    assert path.read_text() == "old contents\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]  # no temp files left
+
+
+def test_average_precision_known_answers():
+    assert common.average_precision([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]) == pytest.approx((1 + 2 / 3) / 2)
+    assert common.average_precision([1, 1, 0], [0.9, 0.8, 0.1]) == 1.0
+    assert np.isnan(common.average_precision([0, 0], [0.3, 0.2]))
+    # tied scores count as one threshold
+    assert common.average_precision([1, 0], [0.5, 0.5]) == pytest.approx(0.5)
+
+
+def test_iou_known_answers():
+    true = np.array([[0, 1, 1, 255]])
+    pred = np.array([[0, 1, 2, 2]])
+    cm = common.confusion_matrix(pred, true, num_classes=3)
+    assert cm.sum() == 3  # void ignored
+    miou, per_class = common.iou_from_confusion(cm)
+    assert per_class[0] == 1.0 and per_class[1] == 0.5 and per_class[2] == 0.0
+    assert miou == pytest.approx(0.5)
+
+
+def test_keras_metrics_match_numpy():
+    rng = np.random.default_rng(4)
+    y = (rng.random((16, 20)) < 0.15).astype(np.float32)
+    y[0] = 0
+    p = rng.random((16, 20)).astype(np.float32)
+    p[0] = 0.1  # empty vs empty scores 1
+    m = common.LabelDice()
+    m.update_state(y, p)
+    assert float(m.result()) == pytest.approx(common.classification_dice(p >= 0.5, y), abs=1e-6)
+
+    t = rng.choice([0, 2, 9, 255], size=(3, 6, 7))
+    logits = rng.normal(size=(3, 6, 7, 21)).astype(np.float32)
+    md = common.MaskDice()
+    md.update_state(t, logits)
+    want = np.mean([common.segmentation_dice(a, b) for a, b in zip(logits.argmax(-1), t)])
+    assert float(md.result()) == pytest.approx(want, abs=1e-6)

@@ -1,0 +1,194 @@
+"""Data sources: both layouts, the demo generator, file checks, the train/validation split."""
+
+import filecmp
+import os
+import time
+
+import numpy as np
+import pytest
+from conftest import PROXY
+from PIL import Image
+
+import common
+
+
+def test_competition_loader_on_demo(demo_dir):
+    train = common.load_split(demo_dir, "train")
+    test = common.load_split(demo_dir, "test")
+    assert train.layout == "competition" and len(train) == 24 and len(test) == 8
+    assert train.has_masks and train.has_labels
+    assert not test.has_labels and all(m is None for m in test.mask_paths)
+    assert train.labels.shape == (24, 20) and train.labels.dtype == np.int8
+    for i in range(len(train)):
+        image, mask = common.read_example(train, i)
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+        assert mask.shape == image.shape[:2]
+        np.testing.assert_array_equal(common.labels_from_mask(mask), train.labels[i])
+    assert (train.labels.sum(1) >= 1).all()
+
+
+def test_voc_loader(voc_dir):
+    train = common.load_split(voc_dir, "train")
+    test = common.load_split(voc_dir, "test")
+    assert train.layout == "voc" and len(train) == 10 and len(test) == 3
+    assert test.ids == ["test_0000", "test_0001", "test_0002"]
+    for i in range(len(train)):
+        image, mask = common.read_example(train, i)
+        want, _ = common.demo_example(7, i, scale=0.25)
+        assert image.shape == want.shape
+        np.testing.assert_array_equal(common.labels_from_mask(mask), train.labels[i])
+    assert (test.labels == -1).all()
+
+
+def test_both_layouts_describe_the_same_data(tmp_path, demo_dir):
+    """The VOC copy of the demo train split gives the same labels as the competition layout."""
+    comp = common.load_split(demo_dir, "train")
+    pairs = [common.read_example(comp, i) for i in range(len(comp))]
+    from conftest import write_voc
+    voc = common.load_split(write_voc(str(tmp_path / "voc"), pairs), "train")
+    np.testing.assert_array_equal(voc.labels, comp.labels)
+
+
+def test_demo_is_deterministic(tmp_path):
+    a = common.make_demo(str(tmp_path / "a"), n_train=5, n_test=2, seed=3, scale=0.2)
+    b = common.make_demo(str(tmp_path / "b"), n_train=5, n_test=2, seed=3, scale=0.2)
+    c = common.make_demo(str(tmp_path / "c"), n_train=5, n_test=2, seed=4, scale=0.2)
+    files = sorted(os.path.relpath(os.path.join(d, f), a) for d, _, fs in os.walk(a) for f in fs)
+    assert len(files) == 5 * 2 + 2 + 4  # train img+seg, test img, two split CSVs, test_labels, solution
+    _, mismatch, errors = filecmp.cmpfiles(a, b, files, shallow=False)
+    assert not mismatch and not errors
+    _, mismatch, _ = filecmp.cmpfiles(a, c, files, shallow=False)
+    assert mismatch
+
+
+def test_demo_is_varied_enough():
+    """Every class appears, images come in several sizes, 1-4 objects, void borders like VOC."""
+    pairs = [common.demo_example(0, i, scale=0.3) for i in range(120)]
+    labels = np.array([common.labels_from_mask(m) for _, m in pairs])
+    assert (labels.sum(0) >= 2).all()
+    assert 1 <= labels.sum(1).min() and labels.sum(1).max() <= 4
+    assert labels[:, common.CLASSES.index("person")].sum() > 2 * np.median(labels.sum(0))
+    assert len({im.shape[:2] for im, _ in pairs}) >= 5
+    void = np.mean([(m == 255).mean() for _, m in pairs])
+    assert 0.005 < void < 0.1
+    for _, mask in pairs[:20]:  # void is a thin band along object outlines, nowhere else
+        obj = np.pad((mask > 0) & (mask < 255), 6)
+        near = np.zeros_like(obj)
+        for dy in range(-6, 7):
+            for dx in range(-6, 7):
+                near |= np.roll(obj, (dy, dx), axis=(0, 1))
+        assert (mask == 255).any() and near[6:-6, 6:-6][mask == 255].all()
+
+
+def test_demo_classes_differ_in_appearance():
+    """Mean colour inside each class's pixels differs between classes (learnable signal)."""
+    sums, counts = np.zeros((20, 3)), np.zeros(20)
+    for i in range(80):
+        image, mask = common.demo_example(1, i, scale=0.3)
+        for c in range(20):
+            sel = mask == c + 1
+            sums[c] += image[sel].sum(0)
+            counts[c] += sel.sum()
+    means = sums / np.maximum(counts, 1)[:, None]
+    dist = np.linalg.norm(means[:, None] - means[None], axis=-1) + np.eye(20) * 1e9
+    assert dist.min() > 10
+
+
+def test_demo_solution_scores_one(demo_dir, tmp_path):
+    """A submission built from the demo test labels scores exactly 1.0 with the local scorer."""
+    test = common.load_split(demo_dir, "test")
+    masks = [common.demo_example(0, 10 ** 6 + int(i), scale=0.25)[1] for i in test.ids]
+    for i, m in zip(test.ids, masks):  # the test images are the generator's test examples
+        assert common.read_image(test.image_paths[test.ids.index(i)]).shape[:2] == m.shape
+    labels = [common.labels_from_mask(m) for m in masks]
+    ids, table = common._read_class_csv(os.path.join(demo_dir, "test_labels.csv"))
+    assert ids == test.ids and (table == np.array(labels)).all()
+    pred = common.write_submission(str(tmp_path / "submission.csv"), test.ids, labels, masks)
+    r = common.score_submission(pred, os.path.join(demo_dir, "solution.csv"))
+    assert r["score"] == 1.0 and r["classification"] == 1.0 and r["segmentation"] == 1.0
+
+
+def test_resolve_data_errors(tmp_path, monkeypatch):
+    with pytest.raises(common.UserError, match="does not exist"):
+        common.load_split(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(common.UserError, match="neither layout"):
+        common.load_split(str(tmp_path / "empty"))
+    monkeypatch.setattr(common.glob, "glob", lambda pattern: [])
+    with pytest.raises(common.UserError, match="--data demo"):
+        common.resolve_data(None)
+
+
+def test_kaggle_autodetect(monkeypatch, demo_dir):
+    monkeypatch.setattr(common.glob, "glob", lambda pattern: [demo_dir + "/"] if pattern == "/kaggle/input/*/" else [])
+    assert common.resolve_data(None) == (demo_dir, "competition")
+
+
+def test_image_conversions_and_refusals(tmp_path):
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    np.save(tmp_path / "g.npy", gray)
+    out = common.read_image(str(tmp_path / "g.npy"))
+    assert out.shape == (3, 4, 3) and (out[:, :, 2] == gray).all()
+    np.save(tmp_path / "rgba.npy", np.zeros((3, 4, 4), np.uint8))
+    assert common.read_image(str(tmp_path / "rgba.npy")).shape == (3, 4, 3)
+    Image.fromarray(np.zeros((5, 6, 4), np.uint8)).save(tmp_path / "rgba.png")
+    assert common.read_image(str(tmp_path / "rgba.png")).shape == (5, 6, 3)
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(common.UserError, match="pickle"):
+        common.read_image(str(tmp_path / "obj.npy"), "train id 3")
+    (tmp_path / "trunc.npy").write_bytes(open(tmp_path / "g.npy", "rb").read()[:-5])
+    with pytest.raises(common.UserError, match="train id 4"):
+        common.read_image(str(tmp_path / "trunc.npy"), "train id 4")
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    with pytest.raises(common.UserError, match="cannot decode"):
+        common.read_image(str(tmp_path / "bad.jpg"))
+    np.save(tmp_path / "m.npy", np.array([[0, 21]], np.uint8))
+    with pytest.raises(common.UserError, match="outside 0..20"):
+        common.read_mask(str(tmp_path / "m.npy"))
+
+
+def test_mask_shape_mismatch_is_reported_by_id(tmp_path, demo_dir):
+    import shutil
+    root = str(tmp_path / "copy")
+    shutil.copytree(demo_dir, root)
+    np.save(os.path.join(root, "train", "seg", "train_2.npy"), np.zeros((3, 3), np.uint8))
+    train = common.load_split(root, "train")
+    with pytest.raises(common.UserError, match="train id 2: mask is 3x3"):
+        common.read_example(train, 2)
+
+
+def test_train_val_split_keeps_rare_classes_on_both_sides():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((200, 20)) < np.linspace(0.01, 0.3, 20)).astype(np.int8)
+    labels[:3, 0] = 1  # a class with very few examples
+    tr, va = common.train_val_split(labels, 0.2, seed=1)
+    assert len(set(tr) & set(va)) == 0 and len(tr) + len(va) == 200
+    assert 0.15 < len(va) / 200 < 0.3
+    for c in range(20):
+        if labels[:, c].sum() >= 2:
+            assert labels[tr, c].sum() >= 1 and labels[va, c].sum() >= 1, c
+    tr2, va2 = common.train_val_split(labels, 0.2, seed=1)
+    assert (tr == tr2).all() and (va == va2).all()
+
+
+def test_summary_writes_samples_png(demo_dir, tmp_path, capsys):
+    assert common.run_cli(common.main, ["check", "--data", demo_dir, "--out", str(tmp_path / "chk")]) == 0
+    out = capsys.readouterr().out
+    assert "train: 24 images" in out and "images per class" in out
+    im = Image.open(tmp_path / "chk" / "samples.png")
+    assert im.width > 300 and im.height > 300
+
+
+def test_cli_reports_bad_data_in_one_line(tmp_path, capsys):
+    assert common.run_cli(common.main, ["check", "--data", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.skipif(not os.path.isdir(PROXY), reason="../shared/proxy not present")
+def test_proxy_reads_every_image_and_mask_within_a_minute(capsys):
+    t = time.time()
+    train, test = common.dataset_summary(PROXY)
+    assert time.time() - t < 60
+    assert len(train) == 755 and len(test) == 571 and train.has_masks
+    assert (train.labels.sum(0) > 0).all()

@@ -1,0 +1,133 @@
+"""The tf.data input pipeline: shapes, dtypes, void padding, aligned augmentation, determinism."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import common
+
+
+@pytest.fixture(scope="module")
+def demo_train(demo_dir):
+    split = common.load_split(demo_dir, "train")
+    return split, common.load_examples(split)
+
+
+def batches(ds, n=None):
+    out = []
+    for k, (x, y) in enumerate(ds):
+        if n is not None and k >= n:
+            break
+        out.append((x.numpy(), {key: v.numpy() for key, v in y.items()} if isinstance(y, dict) else y.numpy()))
+    return out
+
+
+def test_examples_are_uint8_at_original_size(demo_train):
+    split, examples = demo_train
+    assert len(examples) == len(split)
+    for (image, mask), path in zip(examples, split.image_paths):
+        assert image.dtype == np.uint8 and mask.dtype == np.uint8
+        assert image.shape[:2] == common.image_size(path) == mask.shape
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_shapes_dtypes_and_values(demo_train, training):
+    split, examples = demo_train
+    ds = common.make_dataset(split, examples, size=64, batch_size=5, training=training, target="both")
+    got = batches(ds)
+    assert len(got) == (4 if training else 5)  # training drops the last partial batch
+    for x, y in got:
+        assert x.dtype == np.float32 and x.shape[1:] == (64, 64, 3)
+        assert 0 <= x.min() and x.max() <= 255
+        assert y["mask"].dtype == np.int32 and y["mask"].shape == (x.shape[0], 64, 64)
+        assert set(np.unique(y["mask"])) <= set(range(21)) | {255}
+        assert y["labels"].shape == (x.shape[0], 20) and y["labels"].dtype == np.float32
+    if not training:  # evaluation keeps order: labels follow the split
+        np.testing.assert_array_equal(np.concatenate([y["labels"] for _, y in got]), split.labels)
+
+
+def test_letterbox_pads_with_void(demo_train):
+    image = np.full((20, 40, 3), 200, np.uint8)
+    mask = np.full((20, 40), 3, np.uint8)
+    x, m = common.fit_to_size(tf.constant(image, tf.float32), tf.constant(mask), 32)
+    x, m = x.numpy(), m.numpy()
+    # 20x40 -> 16x32 centred: rows 0-7 and 24-31 are padding
+    assert (m[8:24] == 3).all() and (m[:8] == 255).all() and (m[24:] == 255).all()
+    assert np.allclose(x[8:24], 200) and np.allclose(x[:8], common.PAD_VALUE)
+    x, m = common.fit_to_size(tf.constant(image, tf.float32), tf.constant(mask), 32, fit="resize")
+    assert (m.numpy() == 3).all()
+
+
+def test_augmentation_keeps_image_and_mask_aligned():
+    """The image's red channel encodes the mask (class * 10); after random scale, crop, pad and
+    flip the two must still agree everywhere except a 1-pixel band at region edges."""
+    mask = np.zeros((90, 120), np.uint8)
+    mask[10:50, 20:70] = 4
+    mask[40:85, 60:115] = 12
+    mask[60:80, 5:40] = 19
+    image = np.stack([mask * 10, np.full_like(mask, 50), np.arange(120, dtype=np.uint8)[None].repeat(90, 0)], -1)
+    for s in range(25):
+        x, m = common.augment(tf.constant(image, tf.float32), tf.constant(mask), 64,
+                              tf.constant([s, 1], tf.int64), scale=(0.5, 1.6), jitter=False)
+        x, m = x.numpy(), m.numpy()
+        valid = m != 255
+        interior = valid.copy()  # pixels whose 3x3 neighbourhood has one label
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                interior &= np.roll(m, (dy, dx), (0, 1)) == m
+        interior[[0, -1]] = interior[:, [0, -1]] = False
+        assert interior.sum() > 100
+        np.testing.assert_array_equal(np.round(x[..., 0][interior] / 10), m[interior])
+        assert np.allclose(x[~valid], common.PAD_VALUE)
+
+
+def test_augmentation_flips_both(demo_train):
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[:, :8, 0] = 250
+    mask = np.zeros((32, 32), np.uint8)
+    mask[:, :8] = 5
+    flipped = 0
+    for s in range(12):
+        x, m = common.augment(tf.constant(image, tf.float32), tf.constant(mask), 32,
+                              tf.constant([s, 0], tf.int64), scale=(1.0, 1.0), jitter=False)
+        x, m = x.numpy(), m.numpy()
+        left = m[:, 0].mean() == 5
+        assert left == (x[:, 0, 0].mean() > 200)
+        flipped += not left
+    assert 0 < flipped < 12
+
+
+def test_colour_jitter_changes_image_not_mask_or_padding():
+    image = np.full((40, 20, 3), 100, np.uint8)
+    mask = np.full((40, 20), 7, np.uint8)
+    x, m = common.augment(tf.constant(image, tf.float32), tf.constant(mask), 40,
+                          tf.constant([3, 3], tf.int64), scale=(1.0, 1.0), flip=False)
+    x, m = x.numpy(), m.numpy()
+    assert set(np.unique(m)) == {7, 255}
+    assert np.allclose(x[m == 255], common.PAD_VALUE)
+    assert not np.allclose(x[m == 7], 100)
+
+
+def test_pipeline_is_deterministic_for_a_seed(demo_train):
+    split, examples = demo_train
+
+    def run(seed, epochs=1):
+        ds = common.make_dataset(split, examples, 48, 8, training=True, seed=seed, target="mask")
+        return [batches(ds) for _ in range(epochs)]
+
+    a, b = run(1, 2), run(1, 2)
+    for ea, eb in zip(a, b):
+        for (xa, ya), (xb, yb) in zip(ea, eb):
+            np.testing.assert_array_equal(xa, xb)
+            np.testing.assert_array_equal(ya, yb)
+    assert not np.array_equal(a[0][0][0], a[1][0][0])  # a new epoch reshuffles and re-augments
+    assert not np.array_equal(a[0][0][0], run(2)[0][0][0])
+
+
+def test_segmentation_target_needs_masks(demo_dir):
+    test = common.load_split(demo_dir, "test")
+    examples = common.load_examples(test)
+    with pytest.raises(common.UserError, match="without masks"):
+        common.make_dataset(test, examples, 32, 2, target="mask")
+    x, _ = next(iter(common.make_dataset(test, examples, 32, 2, target="labels")))
+    assert x.shape == (2, 32, 32, 3)
