@@ -325,12 +325,21 @@ def load_examples(split, indices=None, masks=True, progress=True):
     indices = range(len(split)) if indices is None else indices
     out, t0 = [], time.time()
     for k, i in enumerate(indices):
-        image, mask = read_example(split, i) if masks else (read_image(split.image_paths[i],
-                                                            f"{split.name} id {split.ids[i]}"), None)
-        out.append((image, mask))
-        if progress and (time.time() - t0 > 5 and k % 50 == 0):
+        if masks:
+            out.append(read_example(split, i))
+        else:
+            out.append((read_image(split.image_paths[i], f"{split.name} id {split.ids[i]}"), None))
+        if progress and time.time() - t0 > 5 and k % 100 == 0:
             print(f"  decoded {k + 1}/{len(indices)} {split.name} images", flush=True)
     return out
+
+
+def cache_fits(split, memory_fraction=0.25):
+    """Whether the decoded uint8 images and masks of a split take less than a fraction of this
+    machine's memory (sizes read from the file headers)."""
+    pixels = sum(int(np.prod(image_size(p))) for p in split.image_paths)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return 4 * pixels < memory_fraction * total
 
 
 PAD_VALUE = 114.0  # image padding: mid-gray, so padding is neither black nor a class colour
@@ -402,21 +411,22 @@ def augment(image, mask, size, seed, scale=(0.75, 1.25), fit="pad", flip=True, j
 
 def make_dataset(split, examples, size, batch_size, training=False, seed=0, target="labels",
                  scale=(0.75, 1.25), fit="pad", flip=True, jitter=True, repeat=False):
-    """tf.data pipeline over decoded uint8 examples (from load_examples, same order as split).
+    """tf.data pipeline over decoded uint8 examples (from load_examples, same order as split),
+    or, with examples=None (data too large to cache), decoding from disk every epoch.
 
     Yields (images float32 [0,255] of shape (B,size,size,3), target) with target:
     'labels' -> (B,20) float32, 'mask' -> (B,size,size) int32 with 255 = void,
     'both' -> dict(labels=..., mask=...). Deterministic for a seed; reshuffled every epoch.
     """
-    n = len(examples)
+    n = len(split)
     if n == 0:
         raise UserError(f"{split.name} split is empty")
     labels = np.maximum(split.labels, 0).astype(np.float32)
-    if target in ("mask", "both") and any(m is None for _, m in examples):
+    if target in ("mask", "both") and any(m is None for m in split.mask_paths):
         raise UserError(f"{split.name} split has images without masks; cannot train segmentation")
 
     def fetch(i):
-        image, mask = examples[int(i)]
+        image, mask = read_example(split, int(i)) if examples is None else examples[int(i)]
         if mask is None:
             mask = np.full(image.shape[:2], VOID, np.uint8)
         return image, mask

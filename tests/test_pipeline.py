@@ -124,6 +124,16 @@ def test_pipeline_is_deterministic_for_a_seed(demo_train):
     assert not np.array_equal(a[0][0][0], run(2)[0][0][0])
 
 
+def test_uncached_pipeline_gives_the_same_batches(demo_train):
+    split, examples = demo_train
+    assert common.cache_fits(split)
+    cached = batches(common.make_dataset(split, examples, 40, 6, training=True, seed=5, target="both"))
+    lazy = batches(common.make_dataset(split, None, 40, 6, training=True, seed=5, target="both"))
+    for (xa, ya), (xb, yb) in zip(cached, lazy):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya["mask"], yb["mask"])
+
+
 def test_segmentation_target_needs_masks(demo_dir):
     test = common.load_split(demo_dir, "test")
     examples = common.load_examples(test)
