@@ -648,6 +648,9 @@ def atomic_write(path, write, mode="w", newline=None):
     try:
         with os.fdopen(fd, mode, newline=newline) as f:
             write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except OSError as e:
         os.unlink(tmp)
@@ -716,18 +719,23 @@ def iou_from_confusion(cm):
     return float(np.nanmean(iou)), iou.tolist()
 
 
+@keras.saving.register_keras_serializable("voc")
 class LabelDice(keras.metrics.Metric):
     """Training metric: mean per-image competition Dice of multi-label predictions thresholded at
-    `threshold` (an image with no true and no predicted label scores 1)."""
+    `threshold` (an image with no true and no predicted label scores 1). With top1=True every
+    image also gets its most probable class, as the submission rule does."""
 
-    def __init__(self, threshold=0.5, name="dice", **kwargs):
+    def __init__(self, threshold=0.5, top1=False, name="dice", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.threshold = threshold
+        self.threshold, self.top1 = threshold, top1
         self.total = self.add_variable(shape=(), initializer="zeros", name="total")
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        p = keras.ops.cast(y_pred >= self.threshold, "float32")
+        chosen = y_pred >= self.threshold
+        if self.top1:
+            chosen = chosen | (y_pred >= keras.ops.max(y_pred, axis=-1, keepdims=True))
+        p = keras.ops.cast(chosen, "float32")
         t = keras.ops.cast(y_true > 0.5, "float32")
         self._add(keras.ops.sum(p * t, -1), keras.ops.sum(p, -1) + keras.ops.sum(t, -1))
 
@@ -744,15 +752,17 @@ class LabelDice(keras.metrics.Metric):
         self.count.assign(0.0)
 
     def get_config(self):
-        return {**super().get_config(), "threshold": self.threshold}
+        return {**super().get_config(), "threshold": self.threshold, "top1": self.top1}
 
 
+@keras.saving.register_keras_serializable("voc")
 class MaskDice(LabelDice):
     """Training metric: mean per-image competition segmentation Dice (the 20-class stack) of
     argmax predictions (B,H,W,21) against label maps (B,H,W) with 255 = void."""
 
     def __init__(self, name="dice", **kwargs):
         kwargs.pop("threshold", None)
+        kwargs.pop("top1", None)
         super().__init__(name=name, **kwargs)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
@@ -1003,14 +1013,16 @@ def font(size=12):
         return ImageFont.load_default()
 
 
-def tile(image, height, caption=""):
-    """An image scaled to a given height with a caption (one or more lines) below it."""
+def tile(image, height, caption="", width=None):
+    """An image scaled to a given height (or fitted into a width x height box) with a caption
+    (one or more lines) below it."""
     im = Image.fromarray(np.asarray(image, np.uint8))
-    w = max(1, round(im.width * height / im.height))
-    im = im.resize((w, height), Image.NEAREST if np.asarray(image).ndim == 2 else Image.BILINEAR)
-    line_h = 14
-    out = Image.new("RGB", (w, height + line_h * (caption.count("\n") + 1) + 4), "white")
-    out.paste(im.convert("RGB"), (0, 0))
+    scale = height / im.height if width is None else min(height / im.height, width / im.width)
+    size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+    im = im.resize(size, Image.NEAREST if np.asarray(image).ndim == 2 else Image.BILINEAR)
+    w = size[0] if width is None else width
+    out = Image.new("RGB", (w, height + 14 * (caption.count("\n") + 1) + 4), "white")
+    out.paste(im.convert("RGB"), ((w - size[0]) // 2, (height - size[1]) // 2))
     ImageDraw.Draw(out).multiline_text((2, height + 2), caption, fill="black", font=font(11), spacing=1)
     return out
 
@@ -1060,6 +1072,187 @@ def legend(classes, height=16):
         d.rectangle([x + 2, y + 2, x + height, y + height], fill=tuple(int(v) for v in pal[idx]), outline="black")
         d.text((x + height + 6, y + 3), name, fill="black", font=font(11))
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Pretrained backbones (ImageNet weights only; never weights trained on VOC)
+
+# name: (constructor, first layer of the top stage to fine-tune, input scaling, skip layers at
+# strides 2, 4, 8, 16 for U-Nets)
+BACKBONES = {
+    "mobilenetv2": ("MobileNetV2", "block_13_expand", "tf",
+                    ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu")),
+    "efficientnetv2b0": ("EfficientNetV2B0", "block6a_expand_conv", "raw",
+                         ("block1a_project_activation", "block2b_add", "block3b_add", "block5e_add")),
+    "resnet50v2": ("ResNet50V2", "conv5_block1_preact_bn", "tf",
+                   ("conv1_conv", "conv2_block3_1_relu", "conv3_block4_1_relu", "conv4_block6_1_relu")),
+}
+
+
+def make_backbone(name, size, weights="imagenet"):
+    """An ImageNet backbone without its top, taking float images in [0, 255].
+
+    weights: 'imagenet' (Keras' download, or the file already in $KERAS_HOME/models), 'none'
+    (random init), or the path of a no-top weights file. Returns (base model, preprocessing
+    layer or None). BACKBONES[name][1] names the first layer of its top stage.
+    """
+    if name not in BACKBONES:
+        raise UserError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+    constructor, _, scaling, _ = BACKBONES[name]
+    if weights not in ("imagenet", "none", None) and not os.path.isfile(weights):
+        raise UserError(f"--weights {weights!r}: no such file (use imagenet, none or a .h5 path)")
+    try:
+        base = getattr(keras.applications, constructor)(
+            input_shape=(size, size, 3), include_top=False,
+            weights=None if weights in ("none", None) else weights)
+    except (OSError, ValueError, Exception) as e:  # a failed download surfaces as a plain Exception
+        if isinstance(e, UserError):
+            raise
+        raise UserError(f"cannot load {weights} weights for {name}: {str(e).splitlines()[0][:200]}; "
+                        "offline, set KERAS_HOME to a folder holding models/<Keras file name> "
+                        "or pass --weights PATH") from None
+    preprocess = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess") if scaling == "tf" else None
+    return base, preprocess
+
+
+def set_backbone_trainable(base, from_layer=None):
+    """Freeze the backbone, or unfreeze it from `from_layer` upwards. BatchNorm layers stay frozen
+    (and the backbone is always called with training=False), so their statistics never move."""
+    names = [layer.name for layer in base.layers]
+    start = len(names) if from_layer is None else names.index(from_layer)
+    base.trainable = True
+    for k, layer in enumerate(base.layers):
+        layer.trainable = k >= start and not isinstance(layer, keras.layers.BatchNormalization)
+
+
+# ----------------------------------------------------------------------------------------------
+# Run folders and training hygiene
+
+def prepare_run_dir(out, resume=False, overwrite=False):
+    """Create the run folder. An existing run is only continued (--resume) or replaced
+    (--overwrite), never silently mixed with a new one."""
+    state = os.path.join(out, "state.json")
+    if resume:
+        if not os.path.isfile(state):
+            raise UserError(f"--resume: {out} holds no interrupted run (no state.json)")
+        return out
+    if os.path.exists(out) and os.listdir(out):
+        if not overwrite:
+            raise UserError(f"{out} already exists; pass --resume to continue it or --overwrite to replace it")
+        import shutil
+        shutil.rmtree(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create run folder {out}: {e.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise UserError(f"run folder {out} is not writable")
+    return out
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_model(model, path):
+    """model.save through a temporary name + rename, so a crash never leaves a broken file."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise UserError(f"cannot save {path}: {e.strerror or e}") from None
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """Every epoch: save the model (with optimizer state) to last.keras and the progress to
+    state.json, for --resume; when `monitor` improves, also save model.keras (the best model).
+    Files are replaced atomically. Stops training, keeping the best model, if the loss is NaN."""
+
+    def __init__(self, out, monitor="val_dice", state=None):
+        super().__init__()
+        self.out, self.monitor = out, monitor
+        self.state = dict(state or {})
+        self.state.setdefault("best", None)
+        self.state.setdefault("best_epoch", None)
+        self.nan_epoch = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if not np.isfinite(logs.get("loss", 0.0)):
+            self.nan_epoch = epoch + 1
+            self.model.stop_training = True
+            return
+        value = logs.get(self.monitor)
+        if value is not None and (self.state["best"] is None or value > self.state["best"]):
+            self.state.update(best=float(value), best_epoch=epoch + 1)
+            save_model(self.model, os.path.join(self.out, "model.keras"))
+        save_model(self.model, os.path.join(self.out, "last.keras"))
+        self.state["epoch"] = epoch + 1
+        write_json(os.path.join(self.out, "state.json"), self.state)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs and not np.isfinite(logs.get("loss", 0.0)):
+            self.nan_epoch = "current"
+            self.model.stop_training = True
+
+
+def read_log(path):
+    """Rows of a CSVLogger file as a dict of float columns."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: np.array([float(r[k]) if r.get(k) not in (None, "") else np.nan for r in rows])
+            for k in (rows[0].keys() if rows else [])}
+
+
+COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+
+
+def line_chart(series, title, width=420, height=260):
+    """A small line chart (PIL): series = {name: y values per epoch}."""
+    im = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(im)
+    left, right, top, bottom = 48, width - 10, 24, height - 44
+    d.text((left, 4), title, fill="black", font=font(13))
+    values = np.concatenate([np.asarray(v, float) for v in series.values()] or [np.zeros(1)])
+    values = values[np.isfinite(values)]
+    lo, hi = (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    n = max((len(v) for v in series.values()), default=1)
+    sx = lambda k: left + (right - left) * (k / max(n - 1, 1))  # noqa: E731
+    sy = lambda y: bottom - (bottom - top) * (y - lo) / (hi - lo)  # noqa: E731
+    d.rectangle([left, top, right, bottom], outline="black")
+    for t in np.linspace(lo, hi, 5):
+        d.line([left - 3, sy(t), left, sy(t)], fill="black")
+        d.text((2, sy(t) - 6), f"{t:.3g}", fill="black", font=font(10))
+    for k in sorted({0, n - 1} | set(range(0, n, max(1, n // 6)))):
+        d.line([sx(k), bottom, sx(k), bottom + 3], fill="black")
+        d.text((sx(k) - 4, bottom + 5), str(k + 1), fill="black", font=font(10))
+    d.text(((left + right) // 2 - 14, bottom + 17), "epoch", fill="black", font=font(10))
+    for c, (name, ys) in enumerate(series.items()):
+        colour = COLOURS[c % len(COLOURS)]
+        pts = [(sx(k), sy(y)) for k, y in enumerate(ys) if np.isfinite(y)]
+        if len(pts) > 1:
+            d.line(pts, fill=colour, width=2)
+        for p in pts:
+            d.ellipse([p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2], fill=colour)
+        x = left + 4 + 110 * c
+        d.line([x, height - 8, x + 16, height - 8], fill=colour, width=3)
+        d.text((x + 20, height - 14), name, fill="black", font=font(10))
+    return im
+
+
+def plot_curves(log_path, out_path, panels, title=""):
+    """Learning-curve PNG from a CSV log: panels = [(panel title, [column, ...]), ...]."""
+    log = read_log(log_path)
+    charts = [line_chart({c: log[c] for c in cols if c in log}, name) for name, cols in panels]
+    save_png(out_path, grid(charts, len(charts), title=title))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -193,6 +193,10 @@ def test_keras_metrics_match_numpy():
     m = common.LabelDice()
     m.update_state(y, p)
     assert float(m.result()) == pytest.approx(common.classification_dice(p >= 0.5, y), abs=1e-6)
+    m = common.LabelDice(top1=True)
+    m.update_state(y, p)
+    top1 = (p >= 0.5) | (p == p.max(1, keepdims=True))
+    assert float(m.result()) == pytest.approx(common.classification_dice(top1, y), abs=1e-6)
 
     t = rng.choice([0, 2, 9, 255], size=(3, 6, 7))
     logits = rng.normal(size=(3, 6, 7, 21)).astype(np.float32)

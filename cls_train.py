@@ -1,0 +1,370 @@
+"""Train a multi-label VOC classifier: a VGG-like CNN from scratch, or an ImageNet backbone
+(MobileNetV2 by default) with a new head, frozen first and then fine-tuned.
+
+    python cls_train.py --data demo --model scratch --out runs/cls_scratch
+    KERAS_HOME=../shared/keras_home python cls_train.py --data DIR --model mobilenetv2 --out runs/cls_mnv2
+
+The run folder gets model.keras (best val Dice), thresholds.json (per class, tuned on the
+validation split for the competition Dice), metrics.json, log.csv, curves.png, gallery.png and
+config.json (what predict.py needs to use the model).
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import common  # noqa: I001  (first: it quiets TensorFlow's start-up logging before Keras loads it)
+import keras
+import numpy as np
+from common import CLASSES, NUM_CLASSES
+
+DEFAULTS = {  # per model: image size, epochs (total), warm-up epochs (frozen backbone), batch, learning rate
+    "scratch": dict(img_size=128, epochs=60, warmup_epochs=0, batch_size=32, lr=2e-3),
+    "mobilenetv2": dict(img_size=224, epochs=15, warmup_epochs=5, batch_size=16, lr=1e-3),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+
+def conv_bn_relu(x, filters, name):
+    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)  # small data: adapt fast
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def build_scratch(img_size=128, width=32, dropout=0.4):
+    """VGG-like: five blocks of two conv-BN-ReLU layers and max pooling, global average pooling,
+    dropout and 20 sigmoid outputs. Takes float images in [0, 255]."""
+    inputs = keras.Input((img_size, img_size, 3), name="image")
+    x = keras.layers.Rescaling(1 / 255.0, name="preprocess")(inputs)
+    for b, filters in enumerate([width, 2 * width, 4 * width, 8 * width, 8 * width]):
+        x = conv_bn_relu(x, filters, f"block{b + 1}a")
+        x = conv_bn_relu(x, filters, f"block{b + 1}b")
+        x = keras.layers.MaxPooling2D(name=f"block{b + 1}_pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(NUM_CLASSES, activation="sigmoid", name="labels")(x)
+    return keras.Model(inputs, outputs, name="scratch_cnn")
+
+
+def build_transfer(img_size=224, backbone="mobilenetv2", weights="imagenet", dropout=0.3):
+    """ImageNet backbone (BatchNorm always in inference mode) + pooling, dropout and a 20-way
+    sigmoid head."""
+    base, preprocess = common.make_backbone(backbone, img_size, weights)
+    inputs = keras.Input((img_size, img_size, 3), name="image")
+    x = preprocess(inputs) if preprocess is not None else inputs
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(NUM_CLASSES, activation="sigmoid", name="labels")(x)
+    return keras.Model(inputs, outputs, name=f"{backbone}_classifier")
+
+
+@keras.saving.register_keras_serializable("voc")
+class MultiLabelLoss(keras.losses.Loss):
+    """Per-class binary loss for sigmoid outputs, averaged over classes.
+
+    kind: 'bce' (binary cross-entropy), 'focal' (focal loss, gamma 2) or 'asl' (asymmetric loss:
+    focusing gamma 4 on negatives, 0 on positives, negative probabilities shifted by 0.05).
+    pos_weight: per-class weight of the positive term, to counter class imbalance.
+    """
+
+    def __init__(self, kind="bce", pos_weight=None, name="multilabel_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.kind = kind
+        self.pos_weight = None if pos_weight is None else [float(w) for w in pos_weight]
+
+    def call(self, y_true, y_pred):
+        ops = keras.ops
+        y_true = ops.cast(y_true, "float32")
+        p = ops.clip(ops.cast(y_pred, "float32"), 1e-7, 1 - 1e-7)
+        w = 1.0 if self.pos_weight is None else ops.convert_to_tensor(self.pos_weight, "float32")
+        if self.kind == "bce":
+            pos, neg = -ops.log(p), -ops.log(1 - p)
+        elif self.kind == "focal":
+            pos, neg = -((1 - p) ** 2) * ops.log(p), -(p ** 2) * ops.log(1 - p)
+        elif self.kind == "asl":
+            pm = ops.maximum(p - 0.05, 0.0)
+            pos, neg = -ops.log(p), -(pm ** 4) * ops.log(ops.clip(1 - pm, 1e-7, 1.0))
+        else:
+            raise ValueError(f"unknown loss kind {self.kind!r}")
+        return ops.mean(y_true * w * pos + (1 - y_true) * neg, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind, "pos_weight": self.pos_weight}
+
+
+def positive_weights(labels, cap=5.0):
+    """sqrt(negatives / positives) per class, capped: rare classes weigh more, without the
+    instability of the full ratio on ~750 images."""
+    pos = np.maximum((labels > 0).sum(0), 1)
+    return np.clip(np.sqrt((len(labels) - pos) / pos), 1.0, cap)
+
+
+# ----------------------------------------------------------------------------------------------
+# Decisions: thresholds with "every image gets at least its top class"
+
+def decide(probs, thresholds):
+    """Binary labels: probability >= the class threshold; an image with none gets its top class."""
+    probs = np.asarray(probs)
+    pred = probs >= np.asarray(thresholds)[None]
+    empty = ~pred.any(1)
+    pred[empty, probs[empty].argmax(1)] = True
+    return pred.astype(np.int8)
+
+
+def tune_thresholds(probs, labels, grid=np.arange(0.05, 0.96, 0.05), min_positives=3, passes=2):
+    """Per-class thresholds maximising the mean per-image competition Dice on (probs, labels).
+
+    A global threshold first; then coordinate ascent class by class, only for classes with at
+    least `min_positives` positives (the others keep the global value, as a handful of examples
+    cannot pick a threshold without overfitting).
+    """
+    truth = np.asarray(labels) > 0
+    score = lambda t: common.classification_dice(decide(probs, t), truth)  # noqa: E731
+    best_global = max(grid, key=lambda g: score(np.full(NUM_CLASSES, g)))
+    thresholds = np.full(NUM_CLASSES, best_global)
+    best = score(thresholds)
+    for _ in range(passes):
+        for c in np.flatnonzero(truth.sum(0) >= min_positives):
+            for g in grid:
+                trial = thresholds.copy()
+                trial[c] = g
+                s = score(trial)
+                if s > best + 1e-9:
+                    best, thresholds = s, trial
+    return thresholds, best
+
+
+# ----------------------------------------------------------------------------------------------
+# Prediction helpers (also used by predict.py and attack.py)
+
+def load_run(run_dir, task="classification"):
+    """(model, config, thresholds) of a finished run folder; a clear error for anything else."""
+    config_path = os.path.join(run_dir, "config.json")
+    model_path = os.path.join(run_dir, "model.keras")
+    if not os.path.isfile(config_path) or not os.path.isfile(model_path):
+        raise common.UserError(f"{run_dir} is not a finished run folder (needs config.json and model.keras)")
+    config = common.read_json(config_path)
+    if config.get("task") != task:
+        raise common.UserError(f"{run_dir} holds a {config.get('task')} model, not a {task} model")
+    model = keras.models.load_model(model_path, compile=False, safe_mode=True)
+    thresholds = None
+    if task == "classification":
+        thresholds = np.array(common.read_json(os.path.join(run_dir, "thresholds.json"))["thresholds"])
+    return model, config, thresholds
+
+
+def predict_probs(model, split, examples, config, batch_size=32, flip=False):
+    """Class probabilities (N, 20) for every image of a split (optionally averaged with the
+    horizontally flipped image)."""
+    ds = common.make_dataset(split, examples, config["img_size"], batch_size, fit=config["fit"])
+    images = ds.map(lambda x, y: x)
+    probs = model.predict(images, verbose=0)
+    if flip:
+        probs = (probs + model.predict(images.map(lambda x: x[:, :, ::-1]), verbose=0)) / 2
+    return probs
+
+
+# ----------------------------------------------------------------------------------------------
+# Pictures
+
+def gallery(path, split, examples, probs, pred, n=6):
+    """The n best and n worst validation images by per-image Dice, with true and predicted labels."""
+    truth = split.labels > 0
+    scores = np.array([common.dice(p, t) for p, t in zip(pred, truth)])
+    order = np.argsort(-scores + 1e-6 * np.arange(len(scores)), kind="stable")
+    tiles = []
+    for k, i in enumerate(list(order[:n]) + list(order[::-1][:n])):
+        names_true = [CLASSES[c] for c in np.flatnonzero(truth[i])]
+        names_pred = [f"{CLASSES[c]} {probs[i, c]:.2f}" for c in np.flatnonzero(pred[i])]
+        caption = (f"id {split.ids[i]}\nDice {scores[i]:.2f} ({'good' if k < n else 'bad'})\n"
+                   f"true: {common.wrap_names(names_true, 28)}\npred: {common.wrap_names(names_pred, 28)}")
+        tiles.append(common.tile(examples[i][0], 150, caption, width=180))
+    common.save_png(path, common.grid(tiles, n, title=f"validation: {n} best (top) and {n} worst (bottom)"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stop before an epoch that would end past the time limit (minutes)."""
+
+    def __init__(self, minutes):
+        super().__init__()
+        self.limit, self.start, self.longest = minutes * 60, time.time(), 0.0
+        self.hit = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.longest = max(self.longest, time.time() - self.epoch_start)
+        if time.time() - self.start + self.longest > self.limit:
+            self.hit = True
+            self.model.stop_training = True
+
+
+def cosine(lr, start, end, floor=0.02):
+    """Epoch -> learning rate: cosine from lr at epoch `start` to lr*floor at `end`."""
+    def schedule(epoch, _lr=None):
+        t = min(max((epoch - start) / max(end - start, 1), 0.0), 1.0)
+        return float(lr * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * t))))
+    return schedule
+
+
+def train(data="demo", model="scratch", out="runs/cls", img_size=None, epochs=None, warmup_epochs=None,
+          batch_size=None, lr=None, weights="imagenet", backbone="mobilenetv2", loss="bce",
+          balance=True, val_fraction=0.2, patience=10, time_limit=None, width=32, seed=0,
+          resume=False, overwrite=False, verbose=None):
+    """Train a classifier and write its run folder. Returns (best model, history dict)."""
+    d = DEFAULTS["scratch" if model == "scratch" else "mobilenetv2"]
+    img_size, epochs = img_size or d["img_size"], epochs or d["epochs"]
+    batch_size, lr = batch_size or d["batch_size"], lr or d["lr"]
+    warmup_epochs = d["warmup_epochs"] if warmup_epochs is None else warmup_epochs
+    if model not in DEFAULTS:
+        raise common.UserError(f"unknown --model {model!r}; choose scratch or mobilenetv2")
+    if loss not in ("bce", "focal", "asl"):
+        raise common.UserError(f"unknown --loss {loss!r}; choose bce, focal or asl")
+    verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
+    common.prepare_run_dir(out, resume, overwrite)
+    keras.utils.set_random_seed(seed)
+
+    split = common.load_split(data, "train")
+    if not split.has_labels:
+        raise common.UserError("the training split has no labels")
+    train_idx, val_idx = common.train_val_split(split.labels, val_fraction, seed)
+    train_split, val_split = split.subset(train_idx), split.subset(val_idx)
+    print(f"data: {split.root} ({split.layout}); {len(train_split)} train / {len(val_split)} val images", flush=True)
+    config = dict(task="classification", model=model, backbone=None if model == "scratch" else backbone,
+                  img_size=img_size, fit="resize", data=split.root, seed=seed, val_fraction=val_fraction,
+                  loss=loss, classes=list(CLASSES), val_ids=list(val_split.ids))
+    common.write_json(os.path.join(out, "config.json"), config)
+
+    cache = common.cache_fits(split)
+    train_examples = common.load_examples(train_split, masks=False) if cache else None
+    val_examples = common.load_examples(val_split, masks=False)
+    train_ds = common.make_dataset(train_split, train_examples, img_size, batch_size, training=True, seed=seed,
+                                   fit="resize", scale=(0.8, 1.25))
+    val_ds = common.make_dataset(val_split, val_examples, img_size, batch_size, fit="resize")
+
+    pos_weight = positive_weights(train_split.labels) if balance else None
+    state = common.read_json(os.path.join(out, "state.json")) if resume else {}
+    if state.get("finished"):
+        raise common.UserError(f"{out} is already finished; nothing to resume")
+    done = state.get("epoch", 0)
+    if resume:
+        net = keras.models.load_model(os.path.join(out, "last.keras"), safe_mode=True)
+        print(f"resuming after epoch {done} (best val Dice so far {state.get('best')})", flush=True)
+    elif model == "scratch":
+        net = build_scratch(img_size, width)
+    else:
+        net = build_transfer(img_size, backbone, weights)
+    base = next((layer for layer in net.layers if isinstance(layer, keras.Model)), None)  # the backbone
+
+    checkpoint = common.RunCheckpoint(out, "val_dice", state)
+    timer = TimeLimit(time_limit) if time_limit else None
+    stages = [(0, epochs, lr)] if model == "scratch" else [(0, warmup_epochs, lr), (warmup_epochs, epochs, lr / 10)]
+    continuing = state.get("stage")  # a resumed run keeps its compiled optimizer for its own stage
+    history = {}
+    for stage, (start, end, stage_lr) in enumerate(stages, 1):
+        if done >= end:
+            continue
+        if stage != continuing:
+            if base is not None:
+                common.set_backbone_trainable(base, None if stage == 1 else common.BACKBONES[backbone][1])
+            net.compile(optimizer=keras.optimizers.AdamW(stage_lr, weight_decay=1e-4),
+                        loss=MultiLabelLoss(loss, pos_weight), metrics=[common.LabelDice(top1=True, name="dice")])
+        continuing = None
+        checkpoint.state["stage"] = stage
+        print(f"stage {stage}: epochs {max(start, done) + 1}-{end}, lr {stage_lr:g}"
+              + ("" if base is None else f", backbone {'frozen' if stage == 1 else 'top unfrozen'}"), flush=True)
+        callbacks = [checkpoint,
+                     keras.callbacks.LearningRateScheduler(cosine(stage_lr, start, end)),
+                     keras.callbacks.CSVLogger(os.path.join(out, "log.csv"), append=True),
+                     keras.callbacks.EarlyStopping("val_dice", mode="max", patience=patience)]
+        h = net.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=max(start, done),
+                    callbacks=callbacks + ([timer] if timer else []), verbose=verbose)
+        for k, v in h.history.items():
+            history.setdefault(k, []).extend(v)
+        done = checkpoint.state.get("epoch", done)
+        if checkpoint.nan_epoch or (timer and timer.hit):
+            break
+    if checkpoint.nan_epoch:
+        print(f"stopped: the loss became NaN in epoch {checkpoint.nan_epoch}; keeping the best model "
+              f"(epoch {checkpoint.state['best_epoch']}) in {out}/model.keras", flush=True)
+    if timer and timer.hit:
+        print(f"stopped at the {time_limit:g}-minute time limit after epoch {done}", flush=True)
+    if checkpoint.state["best"] is None:
+        raise common.UserError("training produced no usable model (no finished epoch with a finite loss)")
+
+    best = keras.models.load_model(os.path.join(out, "model.keras"), compile=False, safe_mode=True)
+    metrics = evaluate(best, val_split, val_examples, train_split, config, out)
+    metrics.update(epochs_trained=done, best_epoch=checkpoint.state["best_epoch"],
+                   stopped_by_nan=bool(checkpoint.nan_epoch), stopped_by_time_limit=bool(timer and timer.hit))
+    common.write_json(os.path.join(out, "metrics.json"), metrics)
+    common.plot_curves(os.path.join(out, "log.csv"), os.path.join(out, "curves.png"),
+                       [("loss", ["loss", "val_loss"]), ("Dice (0.5 or top class)", ["dice", "val_dice"])],
+                       title=f"{config['model']} classifier, {split.root}")
+    checkpoint.state["finished"] = True
+    common.write_json(os.path.join(out, "state.json"), checkpoint.state)
+    if os.path.exists(os.path.join(out, "last.keras")):
+        os.remove(os.path.join(out, "last.keras"))
+    print(f"val mAP {metrics['val_map']:.3f}  val Dice@0.5 {metrics['val_dice_at_0.5']:.3f}  "
+          f"val Dice (tuned thresholds) {metrics['val_dice_tuned']:.3f}  "
+          f"(constant baseline {metrics['baseline_dice']:.3f}); run folder {out}", flush=True)
+    return best, history
+
+
+def evaluate(model, val_split, val_examples, train_split, config, out):
+    """Validation metrics, tuned thresholds (thresholds.json) and the gallery PNG."""
+    probs = predict_probs(model, val_split, val_examples, config)
+    truth = val_split.labels > 0
+    val_map, per_class_ap = common.mean_average_precision(truth, probs)
+    thresholds, tuned = tune_thresholds(probs, truth)
+    common.write_json(os.path.join(out, "thresholds.json"),
+                      {"thresholds": thresholds.tolist(), "classes": list(CLASSES),
+                       "rule": "label = prob >= threshold; an image with none gets its top class"})
+    # constant baseline: the training class frequencies as scores for every image, thresholds tuned
+    freq = np.tile((train_split.labels > 0).mean(0), (len(val_split), 1))
+    _, baseline = tune_thresholds(freq, truth, passes=0)
+    gallery(os.path.join(out, "gallery.png"), val_split, val_examples, probs, decide(probs, thresholds))
+    return {"val_map": val_map, "val_ap": dict(zip(CLASSES, per_class_ap)),
+            "val_dice_at_0.5": common.classification_dice(probs >= 0.5, truth),
+            "val_dice_at_0.5_top1": common.classification_dice(decide(probs, np.full(NUM_CLASSES, 0.5)), truth),
+            "val_dice_tuned": tuned, "baseline_dice": baseline, "val_images": len(val_split)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="dataset folder (competition or VOC layout) or 'demo' (default: /kaggle/input)")
+    p.add_argument("--model", default="scratch", choices=list(DEFAULTS), help="default %(default)s")
+    p.add_argument("--out", default="runs/cls", help="run folder (default %(default)s)")
+    p.add_argument("--img-size", type=int, help="input size (default: scratch 128, mobilenetv2 224)")
+    p.add_argument("--epochs", type=int, help="total epochs (default: scratch 60, mobilenetv2 15)")
+    p.add_argument("--warmup-epochs", type=int, help="transfer: epochs with the backbone frozen (default 5)")
+    p.add_argument("--batch-size", type=int, help="default: scratch 32, mobilenetv2 16")
+    p.add_argument("--lr", type=float, help="learning rate (default: scratch 2e-3, mobilenetv2 1e-3, /10 when fine-tuning)")
+    p.add_argument("--weights", default="imagenet", help="backbone weights: imagenet, none or a .h5 path")
+    p.add_argument("--backbone", default="mobilenetv2", choices=list(common.BACKBONES),
+                   help="transfer backbone (default %(default)s)")
+    p.add_argument("--loss", default="bce", choices=["bce", "focal", "asl"], help="default %(default)s")
+    p.add_argument("--no-balance", dest="balance", action="store_false",
+                   help="do not up-weight the positives of rare classes")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="default %(default)s")
+    p.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default %(default)s)")
+    p.add_argument("--time-limit", type=float, help="stop training after this many minutes")
+    p.add_argument("--width", type=int, default=32, help="scratch CNN: filters in the first block (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    args = vars(p.parse_args(argv))
+    args.pop("debug")
+    train(**args)
+
+
+if __name__ == "__main__":
+    sys.exit(common.run_cli(main))

@@ -1,0 +1,153 @@
+"""cls_train.py: run folder contents, reloading, thresholds, learning, resume after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+from conftest import HAVE_IMAGENET, ROOT
+
+import cls_train
+import common
+
+OUTPUTS = ["model.keras", "thresholds.json", "metrics.json", "log.csv", "curves.png", "gallery.png",
+           "config.json", "state.json"]
+
+
+def check_run_folder(out):
+    for name in OUTPUTS:
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    assert not os.path.exists(os.path.join(out, "last.keras"))  # resume file removed when finished
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp")]
+    thresholds = np.array(json.load(open(os.path.join(out, "thresholds.json")))["thresholds"])
+    assert thresholds.shape == (20,) and ((thresholds > 0) & (thresholds < 1)).all()
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    for key in ("val_map", "val_ap", "val_dice_at_0.5", "val_dice_tuned", "baseline_dice"):
+        assert key in metrics
+    assert metrics["val_dice_tuned"] >= metrics["val_dice_at_0.5_top1"] - 1e-9  # tuning never hurts on val
+    return metrics
+
+
+def test_scratch_run_writes_everything_and_reloads(demo_dir, tmp_path):
+    out = str(tmp_path / "run")
+    model, history = cls_train.train(data=demo_dir, model="scratch", out=out, img_size=32, epochs=2,
+                                     width=8, batch_size=8, verbose=0)
+    check_run_folder(out)
+    assert len(history["loss"]) == 2 and len(common.read_log(os.path.join(out, "log.csv"))["loss"]) == 2
+    # a reloaded model plus its thresholds gives the same predictions
+    loaded, config, thresholds = cls_train.load_run(out)
+    split = common.load_split(demo_dir, "train")
+    val = split.subset([split.ids.index(i) for i in config["val_ids"]])
+    examples = common.load_examples(val, masks=False)
+    p1 = cls_train.predict_probs(model, val, examples, config)
+    p2 = cls_train.predict_probs(loaded, val, examples, config)
+    np.testing.assert_allclose(p1, p2, atol=1e-6)
+    np.testing.assert_array_equal(cls_train.decide(p1, thresholds), cls_train.decide(p2, thresholds))
+
+
+@pytest.mark.parametrize("weights", ["imagenet", "none"])
+def test_transfer_run_freezes_backbone_statistics(demo_dir, tmp_path, weights):
+    if weights == "imagenet" and not HAVE_IMAGENET:
+        pytest.skip("no offline ImageNet weights in ../shared/keras_home")
+    out = str(tmp_path / "run")
+    fresh = cls_train.build_transfer(96, "mobilenetv2", weights)
+    model, history = cls_train.train(data=demo_dir, model="mobilenetv2", out=out, img_size=96, epochs=2,
+                                     warmup_epochs=1, batch_size=8, weights=weights, verbose=0)
+    check_run_folder(out)
+    assert len(history["loss"]) == 2
+    base_before = next(l for l in fresh.layers if isinstance(l, keras.Model))
+    base_after = next(l for l in model.layers if isinstance(l, keras.Model))
+    changed = {}
+    for a, b in zip(base_before.layers, base_after.layers):
+        for wa, wb in zip(a.get_weights(), b.get_weights()):
+            changed[a.name] = changed.get(a.name, False) or not np.array_equal(wa, wb)
+    if weights == "imagenet":
+        assert not any(v for k, v in changed.items() if "bn" in k.lower() or k.endswith("_BN"))  # BN never moves
+        assert not changed["Conv1"] and not changed["block_12_project"]  # below the fine-tuned stage
+        assert changed["block_14_project"] and changed["Conv_1"]  # the fine-tuned top stage
+
+
+def test_scratch_model_beats_constant_baseline(learn_dir, tmp_path):
+    out = str(tmp_path / "run")
+    cls_train.train(data=learn_dir, model="scratch", out=out, img_size=64, epochs=12, width=16,
+                    batch_size=16, lr=3e-3, verbose=0)
+    metrics = check_run_folder(out)
+    assert metrics["val_dice_tuned"] > metrics["baseline_dice"] + 0.08, metrics
+    assert metrics["val_map"] > 0.25
+
+
+def test_decide_gives_every_image_its_top_class():
+    probs = np.array([[0.1, 0.3, 0.2], [0.9, 0.8, 0.1]])
+    np.testing.assert_array_equal(cls_train.decide(probs, [0.5, 0.5, 0.5]), [[0, 1, 0], [1, 1, 0]])
+    np.testing.assert_array_equal(cls_train.decide(probs, [0.5, 0.85, 0.5]), [[0, 1, 0], [1, 0, 0]])
+
+
+def test_tune_thresholds_finds_a_better_threshold():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((200, 20)) < 0.1).astype(np.int8)
+    probs = np.clip(labels * 0.3 + rng.random((200, 20)) * 0.25, 0, 1)  # positives sit around 0.3-0.55
+    t, best = cls_train.tune_thresholds(probs, labels)
+    assert best > common.classification_dice(cls_train.decide(probs, np.full(20, 0.5)), labels) + 0.2
+    assert best == pytest.approx(common.classification_dice(cls_train.decide(probs, t), labels))
+
+
+def test_losses():
+    y = np.array([[1.0, 0.0, 0.0]])
+    good, bad = np.array([[0.9, 0.1, 0.2]]), np.array([[0.2, 0.8, 0.7]])
+    bce = keras.losses.BinaryCrossentropy()
+    assert float(cls_train.MultiLabelLoss("bce")(y, good)) == pytest.approx(float(bce(y, good)), rel=1e-4)
+    for kind in ("bce", "focal", "asl"):
+        loss = cls_train.MultiLabelLoss(kind)
+        assert 0 < float(loss(y, good)) < float(loss(y, bad))
+    weighted = cls_train.MultiLabelLoss("bce", pos_weight=[3.0, 1.0, 1.0])
+    assert float(weighted(y, good)) > float(cls_train.MultiLabelLoss("bce")(y, good))
+    w = cls_train.positive_weights(np.array([[1, 0], [1, 0], [1, 0], [0, 1]] * 10))
+    assert w[1] > w[0] == 1.0
+
+
+def test_bad_arguments_give_one_line_errors(demo_dir, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    os.makedirs(out)
+    open(os.path.join(out, "something"), "w").close()
+    cases = [
+        (["--data", demo_dir, "--out", out], "already exists"),
+        (["--data", demo_dir, "--out", str(tmp_path / "r2"), "--model", "mobilenetv2", "--weights", "/nope.h5"], "no such file"),
+        (["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r3")], "does not exist"),
+        (["--data", demo_dir, "--out", str(tmp_path / "r4"), "--resume"], "no interrupted run"),
+    ]
+    for argv, message in cases:
+        assert common.run_cli(cls_train.main, argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert os.listdir(out) == ["something"]  # the existing folder is untouched
+
+
+def test_resume_after_sigkill(demo_dir, tmp_path):
+    """Kill a real run mid-training, resume it: at most one epoch is lost and it finishes."""
+    out = str(tmp_path / "run")
+    cmd = [sys.executable, os.path.join(ROOT, "cls_train.py"), "--data", demo_dir, "--model", "scratch",
+           "--out", out, "--img-size", "32", "--width", "8", "--batch-size", "4", "--epochs", "8"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = os.path.join(out, "state.json")
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if os.path.exists(state) and json.load(open(state)).get("epoch", 0) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.load(open(state))["epoch"]
+    assert 2 <= killed_at < 8
+    result = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resuming after epoch {killed_at}" in result.stdout
+    log = common.read_log(os.path.join(out, "log.csv"))
+    epochs = log["epoch"].astype(int).tolist()
+    assert epochs[-1] == 7 and sorted(set(epochs)) == list(range(8))  # every epoch logged
+    assert len(epochs) <= 9  # at most one epoch run twice
+    check_run_folder(out)
