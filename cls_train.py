@@ -12,7 +12,6 @@ config.json (what predict.py needs to use the model).
 import argparse
 import os
 import sys
-import time
 
 import common  # noqa: I001  (first: it quiets TensorFlow's start-up logging before Keras loads it)
 import keras
@@ -141,19 +140,10 @@ def tune_thresholds(probs, labels, grid=np.arange(0.05, 0.96, 0.05), min_positiv
 # ----------------------------------------------------------------------------------------------
 # Prediction helpers (also used by predict.py and attack.py)
 
-def load_run(run_dir, task="classification"):
-    """(model, config, thresholds) of a finished run folder; a clear error for anything else."""
-    config_path = os.path.join(run_dir, "config.json")
-    model_path = os.path.join(run_dir, "model.keras")
-    if not os.path.isfile(config_path) or not os.path.isfile(model_path):
-        raise common.UserError(f"{run_dir} is not a finished run folder (needs config.json and model.keras)")
-    config = common.read_json(config_path)
-    if config.get("task") != task:
-        raise common.UserError(f"{run_dir} holds a {config.get('task')} model, not a {task} model")
-    model = keras.models.load_model(model_path, compile=False, safe_mode=True)
-    thresholds = None
-    if task == "classification":
-        thresholds = np.array(common.read_json(os.path.join(run_dir, "thresholds.json"))["thresholds"])
+def load_run(run_dir):
+    """(model, config, thresholds) of a finished classification run folder."""
+    model, config = common.load_run(run_dir, "classification")
+    thresholds = np.array(common.read_json(os.path.join(run_dir, "thresholds.json"))["thresholds"])
     return model, config, thresholds
 
 
@@ -161,10 +151,16 @@ def predict_probs(model, split, examples, config, batch_size=32, flip=False):
     """Class probabilities (N, 20) for every image of a split (optionally averaged with the
     horizontally flipped image)."""
     ds = common.make_dataset(split, examples, config["img_size"], batch_size, fit=config["fit"])
-    images = ds.map(lambda x, y: x)
+    def image_only(x, y):
+        return x
+
+    def mirror(x):
+        return x[:, :, ::-1]
+
+    images = ds.map(image_only)
     probs = model.predict(images, verbose=0)
     if flip:
-        probs = (probs + model.predict(images.map(lambda x: x[:, :, ::-1]), verbose=0)) / 2
+        probs = (probs + model.predict(images.map(mirror), verbose=0)) / 2
     return probs
 
 
@@ -189,32 +185,6 @@ def gallery(path, split, examples, probs, pred, n=6):
 # ----------------------------------------------------------------------------------------------
 # Training
 
-class TimeLimit(keras.callbacks.Callback):
-    """Stop before an epoch that would end past the time limit (minutes)."""
-
-    def __init__(self, minutes):
-        super().__init__()
-        self.limit, self.start, self.longest = minutes * 60, time.time(), 0.0
-        self.hit = False
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_start = time.time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.longest = max(self.longest, time.time() - self.epoch_start)
-        if time.time() - self.start + self.longest > self.limit:
-            self.hit = True
-            self.model.stop_training = True
-
-
-def cosine(lr, start, end, floor=0.02):
-    """Epoch -> learning rate: cosine from lr at epoch `start` to lr*floor at `end`."""
-    def schedule(epoch, _lr=None):
-        t = min(max((epoch - start) / max(end - start, 1), 0.0), 1.0)
-        return float(lr * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * t))))
-    return schedule
-
-
 def train(data="demo", model="scratch", out="runs/cls", img_size=None, epochs=None, warmup_epochs=None,
           batch_size=None, lr=None, weights="imagenet", backbone="mobilenetv2", loss="bce",
           balance=True, val_fraction=0.2, patience=10, time_limit=None, width=32, seed=0,
@@ -229,7 +199,7 @@ def train(data="demo", model="scratch", out="runs/cls", img_size=None, epochs=No
     if loss not in ("bce", "focal", "asl"):
         raise common.UserError(f"unknown --loss {loss!r}; choose bce, focal or asl")
     verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
-    common.prepare_run_dir(out, resume, overwrite)
+    state = common.start_run(out, resume, overwrite)
     keras.utils.set_random_seed(seed)
 
     split = common.load_split(data, "train")
@@ -243,75 +213,44 @@ def train(data="demo", model="scratch", out="runs/cls", img_size=None, epochs=No
                   loss=loss, classes=list(CLASSES), val_ids=list(val_split.ids))
     common.write_json(os.path.join(out, "config.json"), config)
 
-    cache = common.cache_fits(split)
-    train_examples = common.load_examples(train_split, masks=False) if cache else None
+    train_examples = common.load_examples(train_split, masks=False) if common.cache_fits(split) else None
     val_examples = common.load_examples(val_split, masks=False)
     train_ds = common.make_dataset(train_split, train_examples, img_size, batch_size, training=True, seed=seed,
                                    fit="resize", scale=(0.8, 1.25))
     val_ds = common.make_dataset(val_split, val_examples, img_size, batch_size, fit="resize")
 
-    pos_weight = positive_weights(train_split.labels) if balance else None
-    state = common.read_json(os.path.join(out, "state.json")) if resume else {}
-    if state.get("finished"):
-        raise common.UserError(f"{out} is already finished; nothing to resume")
-    done = state.get("epoch", 0)
     if resume:
-        net = keras.models.load_model(os.path.join(out, "last.keras"), safe_mode=True)
-        print(f"resuming after epoch {done} (best val Dice so far {state.get('best')})", flush=True)
+        net = common.resume_model(out, state)
     elif model == "scratch":
         net = build_scratch(img_size, width)
     else:
         net = build_transfer(img_size, backbone, weights)
     base = next((layer for layer in net.layers if isinstance(layer, keras.Model)), None)  # the backbone
+    pos_weight = positive_weights(train_split.labels) if balance else None
 
-    checkpoint = common.RunCheckpoint(out, "val_dice", state)
-    timer = TimeLimit(time_limit) if time_limit else None
-    stages = [(0, epochs, lr)] if model == "scratch" else [(0, warmup_epochs, lr), (warmup_epochs, epochs, lr / 10)]
-    continuing = state.get("stage")  # a resumed run keeps its compiled optimizer for its own stage
-    history = {}
-    for stage, (start, end, stage_lr) in enumerate(stages, 1):
-        if done >= end:
-            continue
-        if stage != continuing:
+    def prepare(stage):
+        def compile_for(stage_lr):
             if base is not None:
                 common.set_backbone_trainable(base, None if stage == 1 else common.BACKBONES[backbone][1])
+                print(f"backbone {'frozen' if stage == 1 else 'unfrozen from its top stage'}", flush=True)
             net.compile(optimizer=keras.optimizers.AdamW(stage_lr, weight_decay=1e-4),
                         loss=MultiLabelLoss(loss, pos_weight), metrics=[common.LabelDice(top1=True, name="dice")])
-        continuing = None
-        checkpoint.state["stage"] = stage
-        print(f"stage {stage}: epochs {max(start, done) + 1}-{end}, lr {stage_lr:g}"
-              + ("" if base is None else f", backbone {'frozen' if stage == 1 else 'top unfrozen'}"), flush=True)
-        callbacks = [checkpoint,
-                     keras.callbacks.LearningRateScheduler(cosine(stage_lr, start, end)),
-                     keras.callbacks.CSVLogger(os.path.join(out, "log.csv"), append=True),
-                     keras.callbacks.EarlyStopping("val_dice", mode="max", patience=patience)]
-        h = net.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=max(start, done),
-                    callbacks=callbacks + ([timer] if timer else []), verbose=verbose)
-        for k, v in h.history.items():
-            history.setdefault(k, []).extend(v)
-        done = checkpoint.state.get("epoch", done)
-        if checkpoint.nan_epoch or (timer and timer.hit):
-            break
-    if checkpoint.nan_epoch:
-        print(f"stopped: the loss became NaN in epoch {checkpoint.nan_epoch}; keeping the best model "
-              f"(epoch {checkpoint.state['best_epoch']}) in {out}/model.keras", flush=True)
-    if timer and timer.hit:
-        print(f"stopped at the {time_limit:g}-minute time limit after epoch {done}", flush=True)
-    if checkpoint.state["best"] is None:
-        raise common.UserError("training produced no usable model (no finished epoch with a finite loss)")
+        return compile_for
+
+    stages = [(epochs, lr, prepare(1))] if model == "scratch" else \
+        [(warmup_epochs, lr, prepare(1)), (epochs, lr / 10, prepare(2))]
+    history, state = common.fit_stages(net, stages, train_ds, val_ds, out, state, "val_dice", patience,
+                                       time_limit, verbose)
 
     best = keras.models.load_model(os.path.join(out, "model.keras"), compile=False, safe_mode=True)
     metrics = evaluate(best, val_split, val_examples, train_split, config, out)
-    metrics.update(epochs_trained=done, best_epoch=checkpoint.state["best_epoch"],
-                   stopped_by_nan=bool(checkpoint.nan_epoch), stopped_by_time_limit=bool(timer and timer.hit))
+    metrics.update(epochs_trained=state["epoch"], best_epoch=state["best_epoch"],
+                   stopped_by_nan=bool(state["nan_epoch"]), stopped_by_time_limit=state["time_limited"])
     common.write_json(os.path.join(out, "metrics.json"), metrics)
     common.plot_curves(os.path.join(out, "log.csv"), os.path.join(out, "curves.png"),
                        [("loss", ["loss", "val_loss"]), ("Dice (0.5 or top class)", ["dice", "val_dice"])],
                        title=f"{config['model']} classifier, {split.root}")
-    checkpoint.state["finished"] = True
-    common.write_json(os.path.join(out, "state.json"), checkpoint.state)
-    if os.path.exists(os.path.join(out, "last.keras")):
-        os.remove(os.path.join(out, "last.keras"))
+    common.finish_run(out, state)
     print(f"val mAP {metrics['val_map']:.3f}  val Dice@0.5 {metrics['val_dice_at_0.5']:.3f}  "
           f"val Dice (tuned thresholds) {metrics['val_dice_tuned']:.3f}  "
           f"(constant baseline {metrics['baseline_dice']:.3f}); run folder {out}", flush=True)

@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence TF's C++ start-up chatter
@@ -1061,6 +1062,15 @@ def wrap_names(names, width=40):
     return "\n".join(lines + [line])
 
 
+def with_legend(pic, classes):
+    """A picture with a palette legend of the given classes (0-based indices) below it."""
+    key = legend(classes)
+    out = Image.new("RGB", (max(pic.width, key.width + 6), pic.height + key.height + 6), "white")
+    out.paste(pic, (0, 0))
+    out.paste(key, (6, pic.height))
+    return out
+
+
 def legend(classes, height=16):
     """A strip of palette swatches with class names, for mask pictures."""
     pal = voc_palette()
@@ -1090,7 +1100,8 @@ BACKBONES = {
 
 
 def make_backbone(name, size, weights="imagenet"):
-    """An ImageNet backbone without its top, taking float images in [0, 255].
+    """An ImageNet backbone without its top, taking float images in [0, 255] of size x size
+    (None: any size, with the 224-pixel weights).
 
     weights: 'imagenet' (Keras' download, or the file already in $KERAS_HOME/models), 'none'
     (random init), or the path of a no-top weights file. Returns (base model, preprocessing
@@ -1102,9 +1113,11 @@ def make_backbone(name, size, weights="imagenet"):
     if weights not in ("imagenet", "none", None) and not os.path.isfile(weights):
         raise UserError(f"--weights {weights!r}: no such file (use imagenet, none or a .h5 path)")
     try:
-        base = getattr(keras.applications, constructor)(
-            input_shape=(size, size, 3), include_top=False,
-            weights=None if weights in ("none", None) else weights)
+        with warnings.catch_warnings():  # size None loads the 224-pixel weights, as intended: no warning
+            warnings.filterwarnings("ignore", message=".*input_shape. is undefined")
+            base = getattr(keras.applications, constructor)(
+                input_shape=(size, size, 3), include_top=False,
+                weights=None if weights in ("none", None) else weights)
     except (OSError, ValueError, Exception) as e:  # a failed download surfaces as a plain Exception
         if isinstance(e, UserError):
             raise
@@ -1148,6 +1161,18 @@ def prepare_run_dir(out, resume=False, overwrite=False):
     if not os.access(out, os.W_OK):
         raise UserError(f"run folder {out} is not writable")
     return out
+
+
+def load_run(run_dir, task):
+    """(model, config) of a finished run folder of the given task; a clear error for anything else."""
+    config_path = os.path.join(run_dir, "config.json")
+    model_path = os.path.join(run_dir, "model.keras")
+    if not os.path.isfile(config_path) or not os.path.isfile(model_path):
+        raise UserError(f"{run_dir} is not a finished run folder (needs config.json and model.keras)")
+    config = read_json(config_path)
+    if config.get("task") != task:
+        raise UserError(f"{run_dir} holds a {config.get('task')} model, not a {task} model")
+    return keras.models.load_model(model_path, compile=False, safe_mode=True), config
 
 
 def read_json(path):
@@ -1198,6 +1223,93 @@ class RunCheckpoint(keras.callbacks.Callback):
         if logs and not np.isfinite(logs.get("loss", 0.0)):
             self.nan_epoch = "current"
             self.model.stop_training = True
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stop before an epoch that would end past the time limit (minutes, counted from creation)."""
+
+    def __init__(self, minutes):
+        super().__init__()
+        self.limit, self.start, self.longest, self.hit = minutes * 60, time.time(), 0.0, False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.longest = max(self.longest, time.time() - self.epoch_start)
+        if time.time() - self.start + self.longest > self.limit:
+            self.hit = True
+            self.model.stop_training = True
+
+
+def cosine(lr, start, end, floor=0.02):
+    """Epoch -> learning rate: cosine from lr at epoch `start` down to lr*floor at `end`."""
+    def schedule(epoch, _lr=None):
+        t = min(max((epoch - start) / max(end - start, 1), 0.0), 1.0)
+        return float(lr * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * t))))
+    return schedule
+
+
+def start_run(out, resume=False, overwrite=False):
+    """Prepare the run folder; return the saved progress of an interrupted run ({} for a new one)."""
+    prepare_run_dir(out, resume, overwrite)
+    state = read_json(os.path.join(out, "state.json")) if resume else {}
+    if state.get("finished"):
+        raise UserError(f"{out} is already finished; nothing to resume")
+    return state
+
+
+def resume_model(out, state):
+    """The model of an interrupted run as saved after its last finished epoch, optimizer included."""
+    print(f"resuming after epoch {state.get('epoch', 0)} (best so far {state.get('best')})", flush=True)
+    return keras.models.load_model(os.path.join(out, "last.keras"), safe_mode=True)
+
+
+def fit_stages(net, stages, train_ds, val_ds, out, state, monitor="val_dice", patience=10, time_limit=None,
+               verbose=2):
+    """Train through stages [(end epoch, learning rate, prepare(lr)), ...]; prepare sets the
+    trainable layers and compiles `net` for its stage. Each stage follows a cosine schedule,
+    logs to log.csv, stops early on `monitor`, and checkpoints every epoch (RunCheckpoint), so a
+    resumed run (state from start_run) continues where it stopped. Returns (history, state)."""
+    checkpoint = RunCheckpoint(out, monitor, state)
+    timer = TimeLimit(time_limit) if time_limit else None
+    done, continuing = state.get("epoch", 0), state.get("stage")  # a resumed stage keeps its optimizer
+    history, start = {}, 0
+    for stage, (end, lr, prepare) in enumerate(stages, 1):
+        if done < end:
+            print(f"stage {stage}/{len(stages)}: epochs {max(start, done) + 1}-{end}, lr {lr:g}", flush=True)
+            if stage != continuing:
+                prepare(lr)
+            continuing = None
+            checkpoint.state["stage"] = stage
+            callbacks = [checkpoint, keras.callbacks.LearningRateScheduler(cosine(lr, start, end)),
+                         keras.callbacks.CSVLogger(os.path.join(out, "log.csv"), append=True),
+                         keras.callbacks.EarlyStopping(monitor, mode="max", patience=patience)]
+            h = net.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=max(start, done),
+                        callbacks=callbacks + ([timer] if timer else []), verbose=verbose)
+            for k, v in h.history.items():
+                history.setdefault(k, []).extend(v)
+            done = checkpoint.state.get("epoch", done)
+            if checkpoint.nan_epoch or (timer and timer.hit):
+                break
+        start = end
+    state = dict(checkpoint.state, nan_epoch=checkpoint.nan_epoch, time_limited=bool(timer and timer.hit))
+    state.setdefault("epoch", done)
+    if checkpoint.nan_epoch:
+        print(f"stopped: the loss became NaN in epoch {checkpoint.nan_epoch}; keeping the best model "
+              f"(epoch {state['best_epoch']}) in {out}/model.keras", flush=True)
+    if state["time_limited"]:
+        print(f"stopped at the {time_limit:g}-minute time limit after epoch {done}", flush=True)
+    if state["best"] is None:
+        raise UserError("training produced no usable model (no finished epoch with a finite loss)")
+    return history, state
+
+
+def finish_run(out, state):
+    """Mark a run finished and drop its resume checkpoint."""
+    write_json(os.path.join(out, "state.json"), dict(state, finished=True))
+    if os.path.exists(os.path.join(out, "last.keras")):
+        os.remove(os.path.join(out, "last.keras"))
 
 
 def read_log(path):
@@ -1303,11 +1415,7 @@ def dataset_summary(data=None, out=None, samples=12, seed=0):
                 chars = max(12, image.shape[1] * 128 // image.shape[0] // 6)
                 tiles.append(tile(colorize(mask), 128, wrap_names(names, chars)))
         pic = grid(tiles, 6, title=f"{len(pick)} training samples from {train.root}: image | mask")
-        key = legend(range(NUM_CLASSES))
-        both = Image.new("RGB", (max(pic.width, key.width + 6), pic.height + key.height + 6), "white")
-        both.paste(pic, (0, 0))
-        both.paste(key, (6, pic.height))
-        save_png(os.path.join(out, "samples.png"), both)
+        save_png(os.path.join(out, "samples.png"), with_legend(pic, range(NUM_CLASSES)))
         print(f"wrote {os.path.join(out, 'samples.png')}")
     return train, test
 

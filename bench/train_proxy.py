@@ -1,0 +1,70 @@
+"""Benchmark: train the classifiers and segmenters on ../shared/proxy (real photos, VOC layout)
+with an internal validation split, each under a training-time limit, and print validation numbers.
+
+    KERAS_HOME=../shared/keras_home python bench/train_proxy.py --only seg_mobilenetv2_unet [--loss ce]
+
+Writes runs/bench_<name>[_<loss>]/ and bench/results/<name>.json, and prints a table. These are
+"proxy" numbers, not VOC numbers.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+import cls_train  # noqa: E402
+import seg_train  # noqa: E402
+
+# name: (script, arguments, training-time limit in minutes)
+RUNS = {
+    "cls_mobilenetv2": (cls_train, dict(model="mobilenetv2", img_size=224, epochs=20, warmup_epochs=5, batch_size=16), 30),
+    "cls_scratch": (cls_train, dict(model="scratch", img_size=128, epochs=25, batch_size=32), 30),
+    "seg_mobilenetv2_unet": (seg_train, dict(model="mobilenetv2_unet", img_size=256, epochs=40, warmup_epochs=8), 55),
+    "seg_unet": (seg_train, dict(model="unet", img_size=160, epochs=40), 55),
+}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "proxy"))
+    p.add_argument("--only", nargs="+", choices=list(RUNS), help="default: all, one after another")
+    p.add_argument("--loss", help="override the loss (cls: bce/focal/asl, seg: ce/dice/ce+dice)")
+    p.add_argument("--minutes", type=float, help="override the training-time limit")
+    p.add_argument("--epochs", type=int, help="override the epochs")
+    args = p.parse_args()
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}"
+    print(f"machine: {machine}; data {args.data}", flush=True)
+    results = []
+    for name in args.only or list(RUNS):
+        script, kwargs, minutes = RUNS[name]
+        kwargs = dict(kwargs, **({"loss": args.loss} if args.loss else {}),
+                      **({"epochs": args.epochs} if args.epochs else {}))
+        minutes = args.minutes or minutes
+        tag = name + (f"_{args.loss}" if args.loss else "")
+        out = f"runs/bench_{tag}"
+        t = time.time()
+        script.train(data=args.data, out=out, overwrite=True, time_limit=minutes, **kwargs)
+        metrics = json.load(open(os.path.join(out, "metrics.json")))
+        result = dict(name=tag, arguments=kwargs, time_limit_minutes=minutes,
+                      wall_minutes=round((time.time() - t) / 60, 1), machine=machine, metrics=metrics)
+        os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+        json.dump(result, open(os.path.join(HERE, "results", f"{tag}.json"), "w"), indent=2)
+        results.append(result)
+    print("\n| run | px | epochs | wall minutes | numbers (validation split) |\n|---|---|---|---|---|")
+    for r in results:
+        m = r["metrics"]
+        if "val_map" in m:
+            numbers = (f"mAP {m['val_map']:.3f}, Dice@0.5 {m['val_dice_at_0.5']:.3f}, Dice tuned "
+                       f"{m['val_dice_tuned']:.3f} (constant baseline {m['baseline_dice']:.3f})")
+        else:
+            numbers = (f"mIoU {m['val_miou']:.3f}, seg Dice {m['val_dice']:.3f} "
+                       f"(all-background {m['all_background_dice']:.3f})")
+        print(f"| {r['name']} | {r['arguments']['img_size']} | {m['epochs_trained']} | {r['wall_minutes']} | {numbers} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Predict the test split with a trained classifier and segmenter and write submission.csv.
+
+    python predict.py --data DIR --cls runs/CLS_RUN --seg runs/SEG_RUN --out runs/predict
+    python predict.py --data DIR --cls ... --seg ... --split val --score   # score the validation split
+
+Test-time augmentation (--tta) averages the flipped image (and, with 'scales', several scales
+for segmentation) in probability space. Fusion rules (--fuse) let each task correct the other:
+  drop   remove a segmented class whose classifier probability is below --drop-below
+  add    add to the labels a class that covers at least --add-area of the image in the mask
+  small  remove a class whose mask covers less than --min-area of the image (set to background)
+  agree  keep in the mask only the classes of the final label set
+The run folder gets submission.csv (validated, written atomically), predictions.json (labels
+and class areas per image), gallery.png, and scores.json with --score.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import common  # noqa: I001  (first: it quiets TensorFlow's start-up logging before Keras loads it)
+import numpy as np
+from common import CLASSES, NUM_CLASSES
+
+import cls_train
+import seg_train
+
+RULES = ("drop", "add", "small", "agree")
+
+
+def fuse(cls_probs, thresholds, seg_probs, rules=(), drop_below=0.05, add_area=0.05, min_area=0.002):
+    """One image's final (labels (20,) int8, label map (H, W) uint8) from classifier
+    probabilities (20,) and segmenter probabilities (H, W, 21), applying the chosen rules."""
+    allowed = np.ones(NUM_CLASSES + 1, bool)
+    if "drop" in rules:
+        allowed[1:] &= cls_probs >= drop_below
+    mask = np.where(allowed[None, None], seg_probs, -1).argmax(-1).astype(np.uint8)
+    area = np.bincount(mask.ravel(), minlength=NUM_CLASSES + 1)[1:] / mask.size
+    if "small" in rules:
+        tiny = np.flatnonzero((area > 0) & (area < min_area)) + 1
+        mask[np.isin(mask, tiny)] = 0
+        area[tiny - 1] = 0
+    labels = cls_train.decide(cls_probs[None], thresholds)[0].astype(bool)
+    if "add" in rules:
+        labels |= area >= add_area
+    if "agree" in rules:
+        mask[~np.concatenate([[True], labels])[mask]] = 0
+    return labels.astype(np.int8), mask
+
+
+def run(data=None, cls="runs/cls", seg="runs/seg", out="runs/predict", split="test", tta=("flip",),
+        scales=(0.75, 1.0, 1.25), fuse_rules=(), drop_below=0.05, add_area=0.05, min_area=0.002, score=False,
+        truth=None, batch_size=8, overwrite=False):
+    """Predict a split, write submission.csv (and scores with score=True). Returns the scores
+    dict (or None) and the submission path."""
+    unknown = set(fuse_rules) - set(RULES)
+    if unknown:
+        raise common.UserError(f"unknown --fuse rule {sorted(unknown)[0]!r}; choose from {', '.join(RULES)}")
+    if set(tta) - {"flip", "scales"}:
+        raise common.UserError(f"unknown --tta item {sorted(set(tta) - {'flip', 'scales'})[0]!r}; use flip, scales")
+    cls_model, cls_config, thresholds = cls_train.load_run(cls)
+    seg_model, seg_config = seg_train.load_run(seg)
+    common.prepare_run_dir(out, overwrite=overwrite)
+    data_split = pick_split(data, split, cls_config, seg_config)
+    if len(data_split) == 0:
+        raise common.UserError(f"the {split} split of {data_split.root} has no images")
+    print(f"predicting {len(data_split)} {split} images of {data_split.root}", flush=True)
+
+    t0 = time.time()
+    examples = common.load_examples(data_split, masks=False)
+    images = [im for im, _ in examples]
+    cls_probs = cls_train.predict_probs(cls_model, data_split, examples, cls_config, flip="flip" in tta)
+    seg_scales = tuple(scales) if "scales" in tta else (1.0,)
+    labels, masks = [], []
+    for i, seg_probs in enumerate(seg_train.segment(seg_model, images, seg_config["img_size"], seg_scales,
+                                                    "flip" in tta, batch_size)):
+        y, m = fuse(cls_probs[i], thresholds, seg_probs, fuse_rules, drop_below, add_area, min_area)
+        labels.append(y)
+        masks.append(m)
+        if (i + 1) % 100 == 0:
+            print(f"  {i + 1}/{len(images)} images", flush=True)
+    seconds = time.time() - t0
+
+    path = common.write_submission(os.path.join(out, "submission.csv"), data_split.ids, labels, masks)
+    common.validate_submission(path, data_split.ids, [n for m in masks for n in (NUM_CLASSES, NUM_CLASSES * m.size)])
+    common.write_json(os.path.join(out, "predictions.json"), {
+        "split": split, "data": data_split.root, "cls_run": cls, "seg_run": seg, "tta": list(tta),
+        "scales": list(seg_scales), "fuse": list(fuse_rules), "seconds": seconds,
+        "images": {str(i): {"labels": [CLASSES[c] for c in np.flatnonzero(y)],
+                            "probabilities": {CLASSES[c]: round(float(p), 4) for c, p in enumerate(cp) if p >= 0.05},
+                            "mask_area": {CLASSES[c - 1]: round(float((m == c).mean()), 4)
+                                          for c in np.unique(m) if c > 0}}
+                   for i, y, cp, m in zip(data_split.ids, labels, cls_probs, masks)}})
+    gallery(os.path.join(out, "gallery.png"), data_split, images, labels, masks)
+    print(f"wrote {path} ({len(data_split)} images, {seconds:.1f} s, {len(data_split) / seconds:.1f} images/s)")
+
+    scores = None
+    if score:
+        truth_csv = truth or solution_for(data_split, split, out)
+        scores = common.score_submission(path, truth_csv)
+        common.write_json(os.path.join(out, "scores.json"), dict(scores, truth=truth_csv))
+        print(f"score on {split}: classification {scores['classification']:.4f}  "
+              f"segmentation {scores['segmentation']:.4f}  joint {scores['score']:.4f}")
+    return scores, path
+
+
+def pick_split(data, split, cls_config, seg_config):
+    """The images to predict: the test split, or the validation split both models held out."""
+    if split == "test":
+        return common.load_split(data, "test")
+    if split != "val":
+        raise common.UserError(f"--split must be test or val, not {split!r}")
+    train = common.load_split(data, "train")
+    held_out = set(cls_config["val_ids"]) & set(seg_config["val_ids"])
+    if not held_out:
+        raise common.UserError("the two runs share no validation images (trained on other data?)")
+    if len(held_out) < len(cls_config["val_ids"]):
+        print(f"note: using the {len(held_out)} validation images both runs held out", flush=True)
+    return train.subset([k for k, i in enumerate(train.ids) if i in held_out])
+
+
+def solution_for(data_split, split, out):
+    """The truth to score against: solution.csv beside a test split (the demo writes one), or,
+    for the validation split, one built from its masks into the run folder."""
+    if split == "test":
+        path = os.path.join(data_split.root, "solution.csv")
+        if not os.path.isfile(path):
+            raise common.UserError(f"--score: the test split has no labels ({path} missing); "
+                                   "pass --truth SOLUTION.csv or use --split val")
+        return path
+    masks = [common.read_example(data_split, i)[1] for i in range(len(data_split))]
+    labels = [common.labels_from_mask(m) for m in masks]
+    return common.write_submission(os.path.join(out, "solution_val.csv"), data_split.ids, labels, masks, shapes=True)
+
+
+def gallery(path, data_split, images, labels, masks, n=12):
+    """Test images with their predicted labels and masks (first n in split order)."""
+    tiles, shown = [], set()
+    for i in range(min(n, len(images))):
+        names = [CLASSES[c] for c in np.flatnonzero(labels[i])]
+        tiles.append(common.tile(images[i], 120, f"id {data_split.ids[i]}", width=160))
+        tiles.append(common.tile(common.colorize(masks[i]), 120, common.wrap_names(names, 26), width=160))
+        shown |= set(np.unique(masks[i]).tolist())
+    pic = common.grid(tiles, 8, title=f"predictions: image | predicted mask and labels ({data_split.name} split)")
+    common.save_png(path, common.with_legend(pic, [c - 1 for c in sorted(shown) if c > 0]))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="dataset folder or 'demo' (default: /kaggle/input)")
+    p.add_argument("--cls", default="runs/cls", help="classification run folder (default %(default)s)")
+    p.add_argument("--seg", default="runs/seg", help="segmentation run folder (default %(default)s)")
+    p.add_argument("--out", default="runs/predict", help="output folder (default %(default)s)")
+    p.add_argument("--split", default="test", choices=["test", "val"],
+                   help="test split, or the validation split held out by both runs (default %(default)s)")
+    p.add_argument("--tta", default="flip", help="comma list from flip,scales; 'none' for none (default %(default)s)")
+    p.add_argument("--scales", default="0.75,1,1.25", help="segmentation scales for --tta scales (default %(default)s)")
+    p.add_argument("--fuse", default="", help=f"comma list of fusion rules from {','.join(RULES)} (default: none)")
+    p.add_argument("--drop-below", type=float, default=0.05, help="rule drop: classifier probability (default %(default)s)")
+    p.add_argument("--add-area", type=float, default=0.05, help="rule add: mask area fraction (default %(default)s)")
+    p.add_argument("--min-area", type=float, default=0.002, help="rule small: mask area fraction (default %(default)s)")
+    p.add_argument("--score", action="store_true", help="score the predictions (val split, or test with labels)")
+    p.add_argument("--truth", help="solution CSV to score against (default: found or built)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    a = p.parse_args(argv)
+    items = lambda s: tuple(x for x in s.split(",") if x and x != "none")  # noqa: E731
+    try:
+        scales = tuple(float(s) for s in a.scales.split(","))
+    except ValueError:
+        raise common.UserError(f"--scales must be numbers separated by commas, not {a.scales!r}") from None
+    run(a.data, a.cls, a.seg, a.out, a.split, items(a.tta), scales, items(a.fuse), a.drop_below, a.add_area,
+        a.min_area, a.score, a.truth, a.batch_size, a.overwrite)
+
+
+if __name__ == "__main__":
+    sys.exit(common.run_cli(main))

@@ -1,0 +1,319 @@
+"""Train a VOC segmenter (background + 20 classes, 255 = void): a U-Net from scratch, or a U-Net
+whose encoder is an ImageNet MobileNetV2 (frozen first, then fine-tuned).
+
+    python seg_train.py --data demo --model unet --out runs/seg_unet
+    KERAS_HOME=../shared/keras_home python seg_train.py --data DIR --model mobilenetv2_unet --out runs/seg_mnv2
+
+Training uses random rescales and crops at --img-size; evaluation and prediction run on the whole
+image (scaled so its longer side is --img-size, padded to the network stride, cropped back) and
+return label maps at the image's original size. The run folder gets model.keras (best val
+Dice), metrics.json (mIoU, per-class IoU, competition Dice at original resolution), log.csv,
+curves.png, gallery.png and config.json.
+"""
+
+import argparse
+import os
+import sys
+
+import common  # noqa: I001  (first: it quiets TensorFlow's start-up logging before Keras loads it)
+import keras
+import numpy as np
+import tensorflow as tf
+from common import CLASSES, NUM_CLASSES, VOID
+
+DEFAULTS = {  # per model: image size, epochs (total), warm-up epochs (frozen encoder), batch, learning rate
+    "unet": dict(img_size=160, epochs=60, warmup_epochs=0, batch_size=8, lr=5e-3),
+    "mobilenetv2_unet": dict(img_size=256, epochs=30, warmup_epochs=5, batch_size=8, lr=1e-3),
+}
+STRIDE = 32  # both networks downsample 32x: inputs are padded to a multiple of this
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+
+def conv_bn_relu(x, filters, name, kernel=3, separable=False):
+    conv = keras.layers.SeparableConv2D if separable else keras.layers.Conv2D
+    x = conv(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def up_block(x, skip, filters, name, separable=False):
+    """Resize-conv upsampling (bilinear x2: no checkerboard artefacts), concatenation with the
+    encoder's skip connection, one conv-BN-ReLU."""
+    x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_up")(x)
+    x = keras.layers.Concatenate(name=f"{name}_concat")([x, skip])
+    return conv_bn_relu(x, filters, name, separable=separable)
+
+
+def head(x):
+    return keras.layers.Conv2D(NUM_CLASSES + 1, 1, dtype="float32", name="logits")(x)
+
+
+def build_unet(img_size=None, width=16):
+    """U-Net from scratch: five encoder scales of two conv-BN-ReLU layers (skip connections at
+    strides 1, 2, 4, 8, 16; channels grow 1, 2, 4, 6, 8 x width, capped so that deep levels stay
+    cheap on a CPU), a bottleneck at stride 32, and a decoder of resize-conv steps; 21 logits per
+    pixel. Any input size that is a multiple of 32 works (img_size=None: any size)."""
+    widths = [width * k for k in (1, 2, 4, 6, 8)]
+    inputs = keras.Input((img_size, img_size, 3), name="image")
+    x = keras.layers.Rescaling(1 / 255.0, name="preprocess")(inputs)
+    skips = []
+    for level, filters in enumerate(widths, 1):
+        x = conv_bn_relu(x, filters, f"enc{level}a")
+        x = conv_bn_relu(x, filters, f"enc{level}b")
+        skips.append(x)
+        x = keras.layers.MaxPooling2D(name=f"enc{level}_pool")(x)
+    x = conv_bn_relu(x, width * 10, "bottleneck_a")
+    x = conv_bn_relu(x, width * 10, "bottleneck_b")
+    for level in reversed(range(len(widths))):
+        x = up_block(x, skips[level], widths[level], f"dec{level + 1}")
+    return keras.Model(inputs, head(x), name="unet")
+
+
+def build_transfer_unet(img_size=None, backbone="mobilenetv2", weights="imagenet", decoder=(128, 64, 48, 24)):
+    """U-Net with an ImageNet encoder (BatchNorm always in inference mode; skips at strides 16, 8,
+    4, 2) and a light decoder: the stride-32 features reduced by a 1x1 conv, then per skip a
+    bilinear x2, the skip reduced by a 1x1 conv, and a separable 3x3 conv; logits at stride 2,
+    upsampled x2 to full size. 21 logits per pixel."""
+    base, preprocess = common.make_backbone(backbone, img_size, weights)
+    skip_names = common.BACKBONES[backbone][3]
+    encoder = keras.Model(base.input, [base.get_layer(n).output for n in skip_names] + [base.output],
+                          name=f"{backbone}_encoder")
+    inputs = keras.Input((img_size, img_size, 3), name="image")
+    x = preprocess(inputs) if preprocess is not None else inputs
+    *skips, x = encoder(x, training=False)
+    x = conv_bn_relu(x, decoder[0], "reduce", kernel=1)
+    for k, filters in enumerate(decoder):
+        level = len(decoder) - k
+        skip = conv_bn_relu(skips[-1 - k], filters // 2, f"skip{level}", kernel=1)
+        x = up_block(x, skip, filters, f"dec{level}", separable=True)
+    x = head(x)
+    x = keras.layers.UpSampling2D(2, interpolation="bilinear", dtype="float32", name="full_size")(x)
+    return keras.Model(inputs, x, name=f"{backbone}_unet")
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses (void pixels never count)
+
+@keras.saving.register_keras_serializable("voc")
+class SegLoss(keras.losses.Loss):
+    """'ce': sparse categorical cross-entropy averaged over non-void pixels; 'dice': 1 - soft Dice
+    averaged over the 21 classes, over non-void pixels of the batch; 'ce+dice': their sum.
+    A batch of void-only masks gives zero loss and zero gradient."""
+
+    def __init__(self, kind="ce+dice", name="seg_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.kind = kind
+
+    def call(self, y_true, y_pred):
+        ops = keras.ops
+        y_true = ops.cast(y_true, "int32")
+        valid = ops.cast(y_true != VOID, "float32")
+        labels = ops.where(y_true == VOID, 0, y_true)
+        n_valid = ops.sum(valid)
+        total = 0.0
+        if "ce" in self.kind.split("+"):
+            ce = keras.losses.sparse_categorical_crossentropy(labels, y_pred, from_logits=True)
+            total = total + ops.sum(ce * valid) / ops.maximum(n_valid, 1.0)
+        if "dice" in self.kind.split("+"):
+            probs = ops.softmax(y_pred, axis=-1) * valid[..., None]
+            onehot = ops.one_hot(labels, NUM_CLASSES + 1) * valid[..., None]
+            axes = (0, 1, 2)
+            inter = ops.sum(probs * onehot, axes)
+            denom = ops.sum(probs, axes) + ops.sum(onehot, axes)
+            total = total + 1.0 - ops.mean((2.0 * inter + 1.0) / (denom + 1.0))
+        return total
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind}
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole-image prediction at original size (also used by predict.py and attack.py)
+
+def load_run(run_dir):
+    """(model, config) of a finished segmentation run folder."""
+    return common.load_run(run_dir, "segmentation")
+
+
+def canvas_size(img_size, scale):
+    return int(np.ceil(img_size * scale / STRIDE) * STRIDE)
+
+
+def segment(model, images, img_size, scales=(1.0,), flip=False, batch_size=8):
+    """Yield per-pixel class probabilities (H, W, 21) at each image's original size.
+
+    Each image is resized so its longer side is img_size * scale, padded to a square canvas that
+    is a multiple of the network stride, run through the model (also flipped, if asked), cropped
+    back and resized to the original size; scales and flips are averaged in probability space.
+    """
+    for k in range(0, len(images), batch_size):
+        chunk = images[k:k + batch_size]
+        total = [np.zeros(im.shape[:2] + (NUM_CLASSES + 1,), np.float32) for im in chunk]
+        for scale in scales:
+            size = canvas_size(img_size, scale)
+            # always a full batch (the last one padded with blank canvases): one trace per scale
+            boxes, canvas = [], np.full((batch_size, size, size, 3), common.PAD_VALUE, np.float32)
+            for j, im in enumerate(chunk):
+                h, w = im.shape[:2]
+                s = img_size * scale / max(h, w)
+                nh, nw = max(1, round(h * s)), max(1, round(w * s))
+                canvas[j, :nh, :nw] = tf.image.resize(im.astype(np.float32), (nh, nw)).numpy()
+                boxes.append((nh, nw))
+            views = [(canvas, False)] + ([(canvas[:, :, ::-1], True)] if flip else [])
+            for x, flipped in views:
+                probs = keras.ops.convert_to_numpy(keras.ops.softmax(model.predict_on_batch(x), axis=-1))
+                if flipped:
+                    probs = probs[:, :, ::-1]
+                for j, (nh, nw) in enumerate(boxes):
+                    total[j] += tf.image.resize(probs[j, :nh, :nw], chunk[j].shape[:2]).numpy()
+        for t in total:
+            yield t / (len(scales) * (2 if flip else 1))
+
+
+def predict_masks(model, images, img_size, scales=(1.0,), flip=False, batch_size=8):
+    """uint8 label maps (0 background, 1..20) at each image's original size."""
+    return [p.argmax(-1).astype(np.uint8) for p in segment(model, images, img_size, scales, flip, batch_size)]
+
+
+def seg_metrics(pred_masks, true_masks):
+    """Original-resolution metrics: mIoU and per-class IoU (void ignored), competition Dice."""
+    cm = sum(common.confusion_matrix(p, t) for p, t in zip(pred_masks, true_masks))
+    miou, iou = common.iou_from_confusion(cm)
+    dice = [common.segmentation_dice(p, t) for p, t in zip(pred_masks, true_masks)]
+    return {"miou": miou, "iou": dict(zip(("background",) + CLASSES, iou)), "dice": float(np.mean(dice)),
+            "per_image_dice": dice}
+
+
+# ----------------------------------------------------------------------------------------------
+# Pictures
+
+def gallery(path, split, examples, pred_masks, per_image_dice, n=4):
+    """The n best and n worst validation images: image, true mask, predicted mask, with a legend."""
+    order = np.argsort(-np.asarray(per_image_dice), kind="stable")
+    tiles, shown = [], set()
+    for k, i in enumerate(list(order[:n]) + list(order[::-1][:n])):
+        image, mask = examples[i]
+        tag = "good" if k < n else "bad"
+        tiles.append(common.tile(image, 120, f"id {split.ids[i]}\n{tag}: Dice {per_image_dice[i]:.2f}", width=160))
+        tiles.append(common.tile(common.colorize(mask), 120, "true", width=160))
+        tiles.append(common.tile(common.colorize(pred_masks[i]), 120, "predicted", width=160))
+        shown |= set(np.unique(mask).tolist()) | set(np.unique(pred_masks[i]).tolist())
+    pic = common.grid(tiles, 6, title=f"validation: {n} best (top rows) and {n} worst (bottom rows)")
+    common.save_png(path, common.with_legend(pic, [c - 1 for c in sorted(shown) if 1 <= c <= NUM_CLASSES]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None, warmup_epochs=None,
+          batch_size=None, lr=None, weights="imagenet", backbone="mobilenetv2", loss="ce+dice",
+          val_fraction=0.2, patience=12, time_limit=None, width=16, seed=0, resume=False, overwrite=False,
+          verbose=None):
+    """Train a segmenter and write its run folder. Returns (best model, history dict)."""
+    if model not in DEFAULTS:
+        raise common.UserError(f"unknown --model {model!r}; choose unet or mobilenetv2_unet")
+    if loss not in ("ce", "dice", "ce+dice"):
+        raise common.UserError(f"unknown --loss {loss!r}; choose ce, dice or ce+dice")
+    d = DEFAULTS[model]
+    img_size, epochs = img_size or d["img_size"], epochs or d["epochs"]
+    batch_size, lr = batch_size or d["batch_size"], lr or d["lr"]
+    warmup_epochs = d["warmup_epochs"] if warmup_epochs is None else warmup_epochs
+    if img_size % STRIDE:
+        raise common.UserError(f"--img-size must be a multiple of {STRIDE}, not {img_size}")
+    verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
+    state = common.start_run(out, resume, overwrite)
+    keras.utils.set_random_seed(seed)
+
+    split = common.load_split(data, "train")
+    if not split.has_masks:
+        raise common.UserError("the training split has no masks; segmentation needs them")
+    train_idx, val_idx = common.train_val_split(split.labels, val_fraction, seed)
+    train_split, val_split = split.subset(train_idx), split.subset(val_idx)
+    print(f"data: {split.root} ({split.layout}); {len(train_split)} train / {len(val_split)} val images", flush=True)
+    config = dict(task="segmentation", model=model, backbone=None if model == "unet" else backbone,
+                  img_size=img_size, fit="pad", data=split.root, seed=seed, val_fraction=val_fraction,
+                  loss=loss, classes=list(CLASSES), val_ids=list(val_split.ids))
+    common.write_json(os.path.join(out, "config.json"), config)
+
+    train_examples = common.load_examples(train_split) if common.cache_fits(split) else None
+    val_examples = common.load_examples(val_split)
+    train_ds = common.make_dataset(train_split, train_examples, img_size, batch_size, training=True, seed=seed,
+                                   target="mask", scale=(0.5, 1.5))
+    val_ds = common.make_dataset(val_split, val_examples, img_size, batch_size, target="mask")
+
+    if resume:
+        net = common.resume_model(out, state)
+    elif model == "unet":
+        net = build_unet(None, width)
+    else:
+        net = build_transfer_unet(None, backbone, weights)
+    encoder = next((layer for layer in net.layers if isinstance(layer, keras.Model)), None)
+
+    def prepare(stage):
+        def compile_for(stage_lr):
+            if encoder is not None:
+                common.set_backbone_trainable(encoder, None if stage == 1 else common.BACKBONES[backbone][1])
+                print(f"encoder {'frozen' if stage == 1 else 'unfrozen from its top stage'}", flush=True)
+            net.compile(optimizer=keras.optimizers.AdamW(stage_lr, weight_decay=1e-4), loss=SegLoss(loss),
+                        metrics=[keras.metrics.MeanIoU(NUM_CLASSES + 1, ignore_class=VOID, sparse_y_pred=False,
+                                                       name="miou"),
+                                 common.MaskDice(name="dice")])
+        return compile_for
+
+    stages = [(epochs, lr, prepare(1))] if model == "unet" else \
+        [(warmup_epochs, lr, prepare(1)), (epochs, lr / 10, prepare(2))]
+    history, state = common.fit_stages(net, stages, train_ds, val_ds, out, state, "val_dice", patience,
+                                       time_limit, verbose)
+
+    best = keras.models.load_model(os.path.join(out, "model.keras"), compile=False, safe_mode=True)
+    pred = predict_masks(best, [im for im, _ in val_examples], img_size)
+    m = seg_metrics(pred, [mask for _, mask in val_examples])
+    gallery(os.path.join(out, "gallery.png"), val_split, val_examples, pred, m["per_image_dice"])
+    all_background = float(np.mean([common.segmentation_dice(np.zeros_like(mask), mask) for _, mask in val_examples]))
+    metrics = {"val_miou": m["miou"], "val_iou": m["iou"], "val_dice": m["dice"],
+               "all_background_dice": all_background, "val_images": len(val_split),
+               "epochs_trained": state["epoch"], "best_epoch": state["best_epoch"],
+               "stopped_by_nan": bool(state["nan_epoch"]), "stopped_by_time_limit": state["time_limited"]}
+    common.write_json(os.path.join(out, "metrics.json"), metrics)
+    common.plot_curves(os.path.join(out, "log.csv"), os.path.join(out, "curves.png"),
+                       [("loss", ["loss", "val_loss"]), ("mIoU", ["miou", "val_miou"]),
+                        ("Dice", ["dice", "val_dice"])],
+                       title=f"{model} segmenter on {split.root} (training crops at {img_size} px)")
+    common.finish_run(out, state)
+    print(f"val mIoU {m['miou']:.3f}  val Dice {m['dice']:.3f} (all-background {all_background:.3f}), "
+          f"original resolution; run folder {out}", flush=True)
+    return best, history
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="dataset folder (competition or VOC layout) or 'demo' (default: /kaggle/input)")
+    p.add_argument("--model", default="unet", choices=list(DEFAULTS), help="default %(default)s")
+    p.add_argument("--out", default="runs/seg", help="run folder (default %(default)s)")
+    p.add_argument("--img-size", type=int, help="training crop size, a multiple of 32 "
+                                                "(default: unet 160, mobilenetv2_unet 256)")
+    p.add_argument("--epochs", type=int, help="total epochs (default: unet 60, mobilenetv2_unet 30)")
+    p.add_argument("--warmup-epochs", type=int, help="transfer: epochs with the encoder frozen (default 5)")
+    p.add_argument("--batch-size", type=int, help="default 8")
+    p.add_argument("--lr", type=float, help="learning rate (default: unet 5e-3, mobilenetv2_unet 1e-3, /10 when fine-tuning)")
+    p.add_argument("--weights", default="imagenet", help="encoder weights: imagenet, none or a .h5 path")
+    p.add_argument("--backbone", default="mobilenetv2", choices=list(common.BACKBONES),
+                   help="encoder of the transfer U-Net (default %(default)s)")
+    p.add_argument("--loss", default="ce+dice", choices=["ce", "dice", "ce+dice"], help="default %(default)s")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="default %(default)s")
+    p.add_argument("--patience", type=int, default=12, help="early-stopping patience in epochs (default %(default)s)")
+    p.add_argument("--time-limit", type=float, help="stop training after this many minutes")
+    p.add_argument("--width", type=int, default=16, help="U-Net: filters at full resolution (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    args = vars(p.parse_args(argv))
+    args.pop("debug")
+    train(**args)
+
+
+if __name__ == "__main__":
+    sys.exit(common.run_cli(main))

@@ -1,0 +1,100 @@
+"""predict.py: submission from trained runs, scoring, TTA, fusion rules, wrong inputs."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import cls_train
+import common
+import predict
+import seg_train
+
+
+@pytest.fixture(scope="module")
+def runs(demo_dir, tmp_path_factory):
+    """A tiny classifier and segmenter trained for one epoch on the tiny demo data."""
+    root = tmp_path_factory.mktemp("runs")
+    cls_train.train(data=demo_dir, model="scratch", out=str(root / "cls"), img_size=32, epochs=1, width=8,
+                    batch_size=8, verbose=0)
+    seg_train.train(data=demo_dir, model="unet", out=str(root / "seg"), img_size=64, epochs=1, width=8,
+                    batch_size=4, verbose=0)
+    return str(root / "cls"), str(root / "seg")
+
+
+def test_predict_test_split_writes_a_valid_scored_submission(demo_dir, runs, tmp_path):
+    out = str(tmp_path / "pred")
+    scores, path = predict.run(demo_dir, runs[0], runs[1], out, tta=("flip", "scales"), score=True,
+                               fuse_rules=predict.RULES)
+    test = common.load_split(demo_dir, "test")
+    sizes = [n for p in test.image_paths for n in (20, 20 * int(np.prod(common.image_size(p))))]
+    assert common.validate_submission(path, test.ids, sizes) == 2 * len(test)
+    for key in ("classification", "segmentation", "score"):
+        assert 0.0 <= scores[key] <= 1.0
+    assert json.load(open(os.path.join(out, "scores.json")))["score"] == scores["score"]
+    info = json.load(open(os.path.join(out, "predictions.json")))
+    assert list(info["images"]) == test.ids and all(info["images"][i]["labels"] for i in test.ids)
+    assert os.path.getsize(os.path.join(out, "gallery.png")) > 0
+
+
+def test_score_of_perfect_predictions_is_one(demo_dir, runs, tmp_path, monkeypatch):
+    """With fuse() replaced by the truth, --score must give exactly 1.0 (test and val splits)."""
+    test = common.load_split(demo_dir, "test")
+    truth = {i: common.demo_example(0, 10 ** 6 + int(i), scale=0.25)[1] for i in test.ids}
+    train = common.load_split(demo_dir, "train")
+    for k, i in enumerate(train.ids):
+        truth[("val", i)] = common.read_example(train, k)[1]
+    order = iter([])
+
+    def perfect(cls_probs, thresholds, seg_probs, *args):
+        key = next(order)
+        mask = truth[key].copy()
+        mask[mask == 255] = 0
+        return common.labels_from_mask(mask), mask
+
+    monkeypatch.setattr(predict, "fuse", perfect)
+    order = iter(test.ids)
+    scores, _ = predict.run(demo_dir, runs[0], runs[1], str(tmp_path / "t"), score=True)
+    assert scores["score"] == 1.0
+    val_ids = json.load(open(os.path.join(runs[0], "config.json")))["val_ids"]
+    order = iter([("val", i) for i in val_ids])
+    scores, _ = predict.run(demo_dir, runs[0], runs[1], str(tmp_path / "v"), split="val", score=True)
+    assert scores["score"] == 1.0 and scores["images"] == len(val_ids)
+
+
+def test_fusion_rules():
+    rng = np.random.default_rng(0)
+    seg = rng.random((10, 10, 21)) * 0.1
+    seg[:, :, 0] += 0.5          # background mostly
+    seg[:5, :5, 3] = 0.9         # a confident class-3 region (25% of the image)
+    seg[9, 9, 7] = 0.95          # a one-pixel class-7 speck
+    cls = np.full(20, 0.01)
+    cls[1] = 0.9                 # the classifier sees class 2 only, never class 3
+    thresholds = np.full(20, 0.5)
+    labels, mask = predict.fuse(cls, thresholds, seg)
+    assert labels.tolist() == [0, 1] + [0] * 18 and (mask[:5, :5] == 3).all() and mask[9, 9] == 7
+    _, mask = predict.fuse(cls, thresholds, seg, ("drop",))
+    assert not (mask == 3).any() and not (mask == 7).any()
+    labels, _ = predict.fuse(cls, thresholds, seg, ("add",), add_area=0.2)
+    assert labels[2] == 1 and labels[6] == 0
+    _, mask = predict.fuse(cls, thresholds, seg, ("small",), min_area=0.02)
+    assert mask[9, 9] == 0 and (mask[:5, :5] == 3).all()
+    labels, mask = predict.fuse(cls, thresholds, seg, ("agree",))
+    assert set(np.unique(mask)) <= {0, 2}
+
+
+def test_wrong_inputs_give_one_line_errors(demo_dir, runs, tmp_path, capsys):
+    cases = [
+        (["--cls", runs[1], "--seg", runs[1]], "holds a segmentation model, not a classification"),
+        (["--cls", runs[0], "--seg", runs[0]], "holds a classification model, not a segmentation"),
+        (["--cls", str(tmp_path), "--seg", runs[1]], "not a finished run folder"),
+        (["--cls", runs[0], "--seg", runs[1], "--fuse", "magic"], "unknown --fuse rule"),
+        (["--cls", runs[0], "--seg", runs[1], "--scales", "1,x", "--tta", "scales"], "--scales"),
+    ]
+    for extra, message in cases:
+        out = str(tmp_path / "o")
+        assert common.run_cli(predict.main, ["--data", demo_dir, "--out", out] + extra) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+        assert not os.path.exists(os.path.join(out, "submission.csv"))
