@@ -23,7 +23,7 @@ from common import CLASSES, NUM_CLASSES, VOID
 
 DEFAULTS = {  # per model: image size, epochs (total), warm-up epochs (frozen encoder), batch, learning rate
     "unet": dict(img_size=160, epochs=60, warmup_epochs=0, batch_size=8, lr=5e-3),
-    "mobilenetv2_unet": dict(img_size=256, epochs=30, warmup_epochs=5, batch_size=8, lr=1e-3),
+    "mobilenetv2_unet": dict(img_size=256, epochs=30, warmup_epochs=8, batch_size=8, lr=2e-3),
 }
 STRIDE = 32  # both networks downsample 32x: inputs are padded to a multiple of this
 
@@ -208,7 +208,7 @@ def gallery(path, split, examples, pred_masks, per_image_dice, n=4):
 # Training
 
 def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None, warmup_epochs=None,
-          batch_size=None, lr=None, weights="imagenet", backbone="mobilenetv2", loss="ce+dice",
+          batch_size=None, lr=None, finetune_factor=0.25, weights="imagenet", backbone="mobilenetv2", loss="ce+dice",
           val_fraction=0.2, patience=12, time_limit=None, width=16, seed=0, resume=False, overwrite=False,
           verbose=None):
     """Train a segmenter and write its run folder. Returns (best model, history dict)."""
@@ -263,7 +263,7 @@ def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None,
         return compile_for
 
     stages = [(epochs, lr, prepare(1))] if model == "unet" else \
-        [(warmup_epochs, lr, prepare(1)), (epochs, lr / 10, prepare(2))]
+        [(warmup_epochs, lr, prepare(1)), (epochs, lr * finetune_factor, prepare(2))]
     history, state = common.fit_stages(net, stages, train_ds, val_ds, out, state, "val_dice", patience,
                                        time_limit, verbose)
 
@@ -295,9 +295,11 @@ def main(argv=None):
     p.add_argument("--img-size", type=int, help="training crop size, a multiple of 32 "
                                                 "(default: unet 160, mobilenetv2_unet 256)")
     p.add_argument("--epochs", type=int, help="total epochs (default: unet 60, mobilenetv2_unet 30)")
-    p.add_argument("--warmup-epochs", type=int, help="transfer: epochs with the encoder frozen (default 5)")
+    p.add_argument("--warmup-epochs", type=int, help="transfer: epochs with the encoder frozen (default 8)")
     p.add_argument("--batch-size", type=int, help="default 8")
-    p.add_argument("--lr", type=float, help="learning rate (default: unet 5e-3, mobilenetv2_unet 1e-3, /10 when fine-tuning)")
+    p.add_argument("--lr", type=float, help="learning rate (default: unet 5e-3, mobilenetv2_unet 2e-3)")
+    p.add_argument("--finetune-factor", type=float, default=0.25,
+                   help="transfer: learning rate multiplier once the encoder's top stage is unfrozen (default %(default)s)")
     p.add_argument("--weights", default="imagenet", help="encoder weights: imagenet, none or a .h5 path")
     p.add_argument("--backbone", default="mobilenetv2", choices=list(common.BACKBONES),
                    help="encoder of the transfer U-Net (default %(default)s)")

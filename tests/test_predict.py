@@ -6,26 +6,13 @@ import os
 import numpy as np
 import pytest
 
-import cls_train
 import common
 import predict
-import seg_train
 
 
-@pytest.fixture(scope="module")
-def runs(demo_dir, tmp_path_factory):
-    """A tiny classifier and segmenter trained for one epoch on the tiny demo data."""
-    root = tmp_path_factory.mktemp("runs")
-    cls_train.train(data=demo_dir, model="scratch", out=str(root / "cls"), img_size=32, epochs=1, width=8,
-                    batch_size=8, verbose=0)
-    seg_train.train(data=demo_dir, model="unet", out=str(root / "seg"), img_size=64, epochs=1, width=8,
-                    batch_size=4, verbose=0)
-    return str(root / "cls"), str(root / "seg")
-
-
-def test_predict_test_split_writes_a_valid_scored_submission(demo_dir, runs, tmp_path):
+def test_predict_test_split_writes_a_valid_scored_submission(demo_dir, tiny_runs, tmp_path):
     out = str(tmp_path / "pred")
-    scores, path = predict.run(demo_dir, runs[0], runs[1], out, tta=("flip", "scales"), score=True,
+    scores, path = predict.run(demo_dir, tiny_runs[0], tiny_runs[1], out, tta=("flip", "scales"), score=True,
                                fuse_rules=predict.RULES)
     test = common.load_split(demo_dir, "test")
     sizes = [n for p in test.image_paths for n in (20, 20 * int(np.prod(common.image_size(p))))]
@@ -38,7 +25,7 @@ def test_predict_test_split_writes_a_valid_scored_submission(demo_dir, runs, tmp
     assert os.path.getsize(os.path.join(out, "gallery.png")) > 0
 
 
-def test_score_of_perfect_predictions_is_one(demo_dir, runs, tmp_path, monkeypatch):
+def test_score_of_perfect_predictions_is_one(demo_dir, tiny_runs, tmp_path, monkeypatch):
     """With fuse() replaced by the truth, --score must give exactly 1.0 (test and val splits)."""
     test = common.load_split(demo_dir, "test")
     truth = {i: common.demo_example(0, 10 ** 6 + int(i), scale=0.25)[1] for i in test.ids}
@@ -55,11 +42,11 @@ def test_score_of_perfect_predictions_is_one(demo_dir, runs, tmp_path, monkeypat
 
     monkeypatch.setattr(predict, "fuse", perfect)
     order = iter(test.ids)
-    scores, _ = predict.run(demo_dir, runs[0], runs[1], str(tmp_path / "t"), score=True)
+    scores, _ = predict.run(demo_dir, tiny_runs[0], tiny_runs[1], str(tmp_path / "t"), score=True)
     assert scores["score"] == 1.0
-    val_ids = json.load(open(os.path.join(runs[0], "config.json")))["val_ids"]
+    val_ids = json.load(open(os.path.join(tiny_runs[0], "config.json")))["val_ids"]
     order = iter([("val", i) for i in val_ids])
-    scores, _ = predict.run(demo_dir, runs[0], runs[1], str(tmp_path / "v"), split="val", score=True)
+    scores, _ = predict.run(demo_dir, tiny_runs[0], tiny_runs[1], str(tmp_path / "v"), split="val", score=True)
     assert scores["score"] == 1.0 and scores["images"] == len(val_ids)
 
 
@@ -84,13 +71,13 @@ def test_fusion_rules():
     assert set(np.unique(mask)) <= {0, 2}
 
 
-def test_wrong_inputs_give_one_line_errors(demo_dir, runs, tmp_path, capsys):
+def test_wrong_inputs_give_one_line_errors(demo_dir, tiny_runs, tmp_path, capsys):
     cases = [
-        (["--cls", runs[1], "--seg", runs[1]], "holds a segmentation model, not a classification"),
-        (["--cls", runs[0], "--seg", runs[0]], "holds a classification model, not a segmentation"),
-        (["--cls", str(tmp_path), "--seg", runs[1]], "not a finished run folder"),
-        (["--cls", runs[0], "--seg", runs[1], "--fuse", "magic"], "unknown --fuse rule"),
-        (["--cls", runs[0], "--seg", runs[1], "--scales", "1,x", "--tta", "scales"], "--scales"),
+        (["--cls", tiny_runs[1], "--seg", tiny_runs[1]], "holds a segmentation model, not a classification"),
+        (["--cls", tiny_runs[0], "--seg", tiny_runs[0]], "holds a classification model, not a segmentation"),
+        (["--cls", str(tmp_path), "--seg", tiny_runs[1]], "not a finished run folder"),
+        (["--cls", tiny_runs[0], "--seg", tiny_runs[1], "--fuse", "magic"], "unknown --fuse rule"),
+        (["--cls", tiny_runs[0], "--seg", tiny_runs[1], "--scales", "1,x", "--tta", "scales"], "--scales"),
     ]
     for extra, message in cases:
         out = str(tmp_path / "o")

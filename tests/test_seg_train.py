@@ -94,11 +94,8 @@ def test_loss_known_values():
     assert float(seg_train.SegLoss("dice")(mask, perfect)) < 1e-3
 
 
-def test_unet_beats_all_background(learn_dir, tmp_path):
-    out = str(tmp_path / "run")
-    seg_train.train(data=learn_dir, model="unet", out=out, img_size=64, epochs=10, width=16, batch_size=8,
-                    verbose=0)
-    metrics = check_run_folder(out)
+def test_unet_beats_all_background(learned_seg):
+    metrics = check_run_folder(learned_seg)
     assert metrics["val_dice"] > metrics["all_background_dice"] + 0.15, metrics
     assert metrics["val_miou"] > 0.1, metrics
 
