@@ -297,7 +297,8 @@ def evaluate(goal, images, craft, batch_size=16, transfer=None):
                "success_rate_clean": float(per_image["ok_before"].mean()),
                "score_before": float(per_image["score_before"].mean()),
                "score_after": float(per_image["score_after"].mean()),
-               "linf_mean_255": float(per_image["linf"].mean() * 255), "linf_max_255": float(per_image["linf"].max() * 255),
+               "linf_mean_255": float(per_image["linf"].mean() * 255),
+               "linf_max_255": float(per_image["linf"].max() * 255),
                "l2_mean": float(per_image["l2"].mean()), "psnr_mean": float(per_image["psnr"].mean()),
                "ssim_mean": float(per_image["ssim"].mean()),
                "ms_per_image": float(per_image["seconds"].mean() * 1000), "images": len(images)}
@@ -391,52 +392,54 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, norm
     verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
     the_goal = load_target(target, goal, target_class)
     other = load_target(transfer, goal, target_class) if transfer else None
-    common.prepare_run_dir(out, overwrite=overwrite)
-    keras.utils.set_random_seed(seed)
-    excluded = target_class if goal == "cls_targeted" else None
-    _, train_images = attack_images(the_goal.config, data, False, excluded, max_train)
-    _, val_images = attack_images(the_goal.config, data, True, excluded, max_eval)
-    print(f"goal {goal}{' -> ' + target_class if target_class else ''}, {norm} eps {eps:g}: "
-          f"{len(train_images)} training and {len(val_images)} held-out images", flush=True)
+    with common.run_folder(out, overwrite=overwrite):
+        keras.utils.set_random_seed(seed)
+        excluded = target_class if goal == "cls_targeted" else None
+        _, train_images = attack_images(the_goal.config, data, False, excluded, max_train)
+        _, val_images = attack_images(the_goal.config, data, True, excluded, max_eval)
+        print(f"goal {goal}{' -> ' + target_class if target_class else ''}, {norm} eps {eps:g}: "
+              f"{len(train_images)} training and {len(val_images)} held-out images", flush=True)
 
-    size = the_goal.config["img_size"]
-    generator = build_generator(size, eps, norm, width)
-    trainer = GeneratorAttack(generator, the_goal, lam)
-    trainer.compile(optimizer=keras.optimizers.Adam(lr))
-    weights_before = [w.copy() for w in the_goal.target.get_weights()]
-    ds = (tf.data.Dataset.from_tensor_slices(train_images).shuffle(len(train_images), seed=seed)
-          .batch(batch_size).prefetch(tf.data.AUTOTUNE))
-    t = time.time()
-    history = trainer.fit(ds, epochs=epochs, verbose=verbose,
-                          callbacks=[keras.callbacks.CSVLogger(os.path.join(out, "log.csv"))])
-    train_seconds = time.time() - t
-    unchanged = all(np.array_equal(a, b) for a, b in zip(weights_before, the_goal.target.get_weights()))
-    common.save_model(generator, os.path.join(out, "generator.keras"))
+        size = the_goal.config["img_size"]
+        generator = build_generator(size, eps, norm, width)
+        trainer = GeneratorAttack(generator, the_goal, lam)
+        trainer.compile(optimizer=keras.optimizers.Adam(lr))
+        weights_before = [w.copy() for w in the_goal.target.get_weights()]
+        ds = (tf.data.Dataset.from_tensor_slices(train_images).shuffle(len(train_images), seed=seed)
+              .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+        t = time.time()
+        history = trainer.fit(ds, epochs=epochs, verbose=verbose,
+                              callbacks=[keras.callbacks.CSVLogger(os.path.join(out, "log.csv"))])
+        train_seconds = time.time() - t
+        unchanged = all(np.array_equal(a, b) for a, b in zip(weights_before, the_goal.target.get_weights()))
+        common.save_model(generator, os.path.join(out, "generator.keras"))
 
-    methods = {"generator": trainer,
-               "fgsm": lambda x: x + gradient_attack(the_goal, x, eps, norm, steps=1),
-               f"pgd{pgd_steps}": lambda x: x + gradient_attack(the_goal, x, eps, norm, steps=pgd_steps)}
-    results, adv_images = {}, {}
-    for name, craft in methods.items():
-        results[name], _, adv_images[name] = evaluate(the_goal, val_images, craft, transfer=other)
-        print(f"{name:>10}: success {results[name]['success_rate']:.3f}  score {results[name]['score_before']:.3f}"
-              f" -> {results[name]['score_after']:.3f}  L-inf mean/max {results[name]['linf_mean_255']:.2f}/"
-              f"{results[name]['linf_max_255']:.2f} /255  PSNR {results[name]['psnr_mean']:.1f} dB  "
-              f"SSIM {results[name]['ssim_mean']:.3f}  {results[name]['ms_per_image']:.0f} ms/image"
-              + (f"  transfer success {results[name]['transfer_success_rate']:.3f}" if other else ""), flush=True)
-    metrics = {"goal": goal, "target_class": target_class, "target_run": target, "transfer_run": transfer,
-               "norm": norm, "eps": eps, "eps_units": "pixel levels out of 255" if norm == "linf" else "L2 in [0,1] units",
-               "lambda": lam, "epochs": epochs, "train_images": len(train_images), "held_out_images": len(val_images),
-               "train_seconds": train_seconds, "target_weights_unchanged": unchanged,
-               "target_evaluations_per_image": {"generator": 0, "fgsm": 1, f"pgd{pgd_steps}": pgd_steps},
-               "final_train": {k: float(v[-1]) for k, v in history.history.items()}, "held_out": results}
-    common.write_json(os.path.join(out, "metrics.json"), metrics)
-    what = f"'{target_class}'" if target_class else "lose the present classes"
-    panel(os.path.join(out, "panel.png"), the_goal, val_images, adv_images["generator"],
-          title=f"{goal}: {what}, {norm} eps {eps:g}; generator on held-out images "
-                f"(success {results['generator']['success_rate']:.0%})")
-    print(f"run folder {out}", flush=True)
-    return metrics
+        methods = {"generator": trainer,
+                   "fgsm": lambda x: x + gradient_attack(the_goal, x, eps, norm, steps=1),
+                   f"pgd{pgd_steps}": lambda x: x + gradient_attack(the_goal, x, eps, norm, steps=pgd_steps)}
+        results, adv_images = {}, {}
+        for name, craft in methods.items():
+            results[name], _, adv_images[name] = evaluate(the_goal, val_images, craft, transfer=other)
+            print(f"{name:>10}: success {results[name]['success_rate']:.3f}  score {results[name]['score_before']:.3f}"
+                  f" -> {results[name]['score_after']:.3f}  L-inf mean/max {results[name]['linf_mean_255']:.2f}/"
+                  f"{results[name]['linf_max_255']:.2f} /255  PSNR {results[name]['psnr_mean']:.1f} dB  "
+                  f"SSIM {results[name]['ssim_mean']:.3f}  {results[name]['ms_per_image']:.0f} ms/image"
+                  + (f"  transfer success {results[name]['transfer_success_rate']:.3f}" if other else ""), flush=True)
+        metrics = {"goal": goal, "target_class": target_class, "target_run": target, "transfer_run": transfer,
+                   "norm": norm, "eps": eps,
+                   "eps_units": "pixel levels out of 255" if norm == "linf" else "L2 in [0,1] units",
+                   "lambda": lam, "epochs": epochs, "train_images": len(train_images),
+                   "held_out_images": len(val_images),
+                   "train_seconds": train_seconds, "target_weights_unchanged": unchanged,
+                   "target_evaluations_per_image": {"generator": 0, "fgsm": 1, f"pgd{pgd_steps}": pgd_steps},
+                   "final_train": {k: float(v[-1]) for k, v in history.history.items()}, "held_out": results}
+        common.write_json(os.path.join(out, "metrics.json"), metrics)
+        what = f"'{target_class}'" if target_class else "lose the present classes"
+        panel(os.path.join(out, "panel.png"), the_goal, val_images, adv_images["generator"],
+              title=f"{goal}: {what}, {norm} eps {eps:g}; generator on held-out images "
+                    f"(success {results['generator']['success_rate']:.0%})")
+        print(f"run folder {out}", flush=True)
+        return metrics
 
 
 def main(argv=None):

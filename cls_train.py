@@ -114,7 +114,10 @@ def decide(probs, thresholds):
     return pred.astype(np.int8)
 
 
-def tune_thresholds(probs, labels, grid=np.arange(0.05, 0.96, 0.05), min_positives=3, passes=2):
+THRESHOLD_GRID = np.arange(0.05, 0.96, 0.05)
+
+
+def tune_thresholds(probs, labels, grid=THRESHOLD_GRID, min_positives=3, passes=2):
     """Per-class thresholds maximising the mean per-image competition Dice on (probs, labels).
 
     A global threshold first; then coordinate ascent class by class, only for classes with at
@@ -199,62 +202,63 @@ def train(data="demo", model="scratch", out="runs/cls", img_size=None, epochs=No
     if loss not in ("bce", "focal", "asl"):
         raise common.UserError(f"unknown --loss {loss!r}; choose bce, focal or asl")
     verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
-    state = common.start_run(out, resume, overwrite)
-    keras.utils.set_random_seed(seed)
+    with common.run_folder(out, resume, overwrite) as state:
+        keras.utils.set_random_seed(seed)
 
-    split = common.load_split(data, "train")
-    if not split.has_labels:
-        raise common.UserError("the training split has no labels")
-    train_idx, val_idx = common.train_val_split(split.labels, val_fraction, seed)
-    train_split, val_split = split.subset(train_idx), split.subset(val_idx)
-    print(f"data: {split.root} ({split.layout}); {len(train_split)} train / {len(val_split)} val images", flush=True)
-    config = dict(task="classification", model=model, backbone=None if model == "scratch" else backbone,
-                  img_size=img_size, fit="resize", data=split.root, seed=seed, val_fraction=val_fraction,
-                  loss=loss, classes=list(CLASSES), val_ids=list(val_split.ids))
-    common.write_json(os.path.join(out, "config.json"), config)
+        split = common.load_split(data, "train")
+        if not split.has_labels:
+            raise common.UserError("the training split has no labels")
+        train_idx, val_idx = common.train_val_split(split.labels, val_fraction, seed)
+        train_split, val_split = split.subset(train_idx), split.subset(val_idx)
+        print(f"data: {split.root} ({split.layout}); {len(train_split)} train / {len(val_split)} val images",
+              flush=True)
+        config = dict(task="classification", model=model, backbone=None if model == "scratch" else backbone,
+                      img_size=img_size, fit="resize", data=split.root, seed=seed, val_fraction=val_fraction,
+                      loss=loss, classes=list(CLASSES), val_ids=list(val_split.ids))
+        common.write_json(os.path.join(out, "config.json"), config)
 
-    train_examples = common.load_examples(train_split, masks=False) if common.cache_fits(split) else None
-    val_examples = common.load_examples(val_split, masks=False)
-    train_ds = common.make_dataset(train_split, train_examples, img_size, batch_size, training=True, seed=seed,
-                                   fit="resize", scale=(0.8, 1.25))
-    val_ds = common.make_dataset(val_split, val_examples, img_size, batch_size, fit="resize")
+        train_examples = common.load_examples(train_split, masks=False) if common.cache_fits(split) else None
+        val_examples = common.load_examples(val_split, masks=False)
+        train_ds = common.make_dataset(train_split, train_examples, img_size, batch_size, training=True, seed=seed,
+                                       fit="resize", scale=(0.8, 1.25))
+        val_ds = common.make_dataset(val_split, val_examples, img_size, batch_size, fit="resize")
 
-    if resume:
-        net = common.resume_model(out, state)
-    elif model == "scratch":
-        net = build_scratch(img_size, width)
-    else:
-        net = build_transfer(img_size, backbone, weights)
-    base = next((layer for layer in net.layers if isinstance(layer, keras.Model)), None)  # the backbone
-    pos_weight = positive_weights(train_split.labels) if balance else None
+        if resume:
+            net = common.resume_model(out, state)
+        elif model == "scratch":
+            net = build_scratch(img_size, width)
+        else:
+            net = build_transfer(img_size, backbone, weights)
+        base = next((layer for layer in net.layers if isinstance(layer, keras.Model)), None)  # the backbone
+        pos_weight = positive_weights(train_split.labels) if balance else None
 
-    def prepare(stage):
-        def compile_for(stage_lr):
-            if base is not None:
-                common.set_backbone_trainable(base, None if stage == 1 else common.BACKBONES[backbone][1])
-                print(f"backbone {'frozen' if stage == 1 else 'unfrozen from its top stage'}", flush=True)
-            net.compile(optimizer=keras.optimizers.AdamW(stage_lr, weight_decay=1e-4),
-                        loss=MultiLabelLoss(loss, pos_weight), metrics=[common.LabelDice(top1=True, name="dice")])
-        return compile_for
+        def prepare(stage):
+            def compile_for(stage_lr):
+                if base is not None:
+                    common.set_backbone_trainable(base, None if stage == 1 else common.BACKBONES[backbone][1])
+                    print(f"backbone {'frozen' if stage == 1 else 'unfrozen from its top stage'}", flush=True)
+                net.compile(optimizer=keras.optimizers.AdamW(stage_lr, weight_decay=1e-4),
+                            loss=MultiLabelLoss(loss, pos_weight), metrics=[common.LabelDice(top1=True, name="dice")])
+            return compile_for
 
-    stages = [(epochs, lr, prepare(1))] if model == "scratch" else \
-        [(warmup_epochs, lr, prepare(1)), (epochs, lr / 10, prepare(2))]
-    history, state = common.fit_stages(net, stages, train_ds, val_ds, out, state, "val_dice", patience,
-                                       time_limit, verbose)
+        stages = [(epochs, lr, prepare(1))] if model == "scratch" else \
+            [(warmup_epochs, lr, prepare(1)), (epochs, lr / 10, prepare(2))]
+        history, state = common.fit_stages(net, stages, train_ds, val_ds, out, state, "val_dice", patience,
+                                           time_limit, verbose)
 
-    best = keras.models.load_model(os.path.join(out, "model.keras"), compile=False, safe_mode=True)
-    metrics = evaluate(best, val_split, val_examples, train_split, config, out)
-    metrics.update(epochs_trained=state["epoch"], best_epoch=state["best_epoch"],
-                   stopped_by_nan=bool(state["nan_epoch"]), stopped_by_time_limit=state["time_limited"])
-    common.write_json(os.path.join(out, "metrics.json"), metrics)
-    common.plot_curves(os.path.join(out, "log.csv"), os.path.join(out, "curves.png"),
-                       [("loss", ["loss", "val_loss"]), ("Dice (0.5 or top class)", ["dice", "val_dice"])],
-                       title=f"{config['model']} classifier, {split.root}")
-    common.finish_run(out, state)
-    print(f"val mAP {metrics['val_map']:.3f}  val Dice@0.5 {metrics['val_dice_at_0.5']:.3f}  "
-          f"val Dice (tuned thresholds) {metrics['val_dice_tuned']:.3f}  "
-          f"(constant baseline {metrics['baseline_dice']:.3f}); run folder {out}", flush=True)
-    return best, history
+        best = keras.models.load_model(os.path.join(out, "model.keras"), compile=False, safe_mode=True)
+        metrics = evaluate(best, val_split, val_examples, train_split, config, out)
+        metrics.update(epochs_trained=state["epoch"], best_epoch=state["best_epoch"],
+                       stopped_by_nan=bool(state["nan_epoch"]), stopped_by_time_limit=state["time_limited"])
+        common.write_json(os.path.join(out, "metrics.json"), metrics)
+        common.plot_curves(os.path.join(out, "log.csv"), os.path.join(out, "curves.png"),
+                           [("loss", ["loss", "val_loss"]), ("Dice (0.5 or top class)", ["dice", "val_dice"])],
+                           title=f"{config['model']} classifier, {split.root}")
+        common.finish_run(out, state)
+        print(f"val mAP {metrics['val_map']:.3f}  val Dice@0.5 {metrics['val_dice_at_0.5']:.3f}  "
+              f"val Dice (tuned thresholds) {metrics['val_dice_tuned']:.3f}  "
+              f"(constant baseline {metrics['baseline_dice']:.3f}); run folder {out}", flush=True)
+        return best, history
 
 
 def evaluate(model, val_split, val_examples, train_split, config, out):
@@ -285,7 +289,8 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, help="total epochs (default: scratch 60, mobilenetv2 15)")
     p.add_argument("--warmup-epochs", type=int, help="transfer: epochs with the backbone frozen (default 5)")
     p.add_argument("--batch-size", type=int, help="default: scratch 32, mobilenetv2 16")
-    p.add_argument("--lr", type=float, help="learning rate (default: scratch 2e-3, mobilenetv2 1e-3, /10 when fine-tuning)")
+    p.add_argument("--lr", type=float,
+                   help="learning rate (default: scratch 2e-3, mobilenetv2 1e-3, /10 when fine-tuning)")
     p.add_argument("--weights", default="imagenet", help="backbone weights: imagenet, none or a .h5 path")
     p.add_argument("--backbone", default="mobilenetv2", choices=list(common.BACKBONES),
                    help="transfer backbone (default %(default)s)")
@@ -295,7 +300,8 @@ def main(argv=None):
     p.add_argument("--val-fraction", type=float, default=0.2, help="default %(default)s")
     p.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default %(default)s)")
     p.add_argument("--time-limit", type=float, help="stop training after this many minutes")
-    p.add_argument("--width", type=int, default=32, help="scratch CNN: filters in the first block (default %(default)s)")
+    p.add_argument("--width", type=int, default=32,
+                   help="scratch CNN: filters in the first block (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")

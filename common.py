@@ -7,10 +7,12 @@ Command line:
 """
 
 import argparse
+import contextlib
 import csv
 import glob
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -158,6 +160,12 @@ def _load_competition(root, split):
     if missing:
         raise UserError(f"{split}: {len(missing)} ids in the CSV have no image file "
                         f"({split}/img/{split}_{missing[0]}.npy ...)")
+    listed = {os.path.basename(p) for p in images}
+    folder = os.path.join(root, split, "img")
+    orphans = sorted(f for f in os.listdir(folder) if f not in listed) if os.path.isdir(folder) else []
+    if orphans:
+        raise UserError(f"{split}: {len(orphans)} files in {split}/img have no row in {split}_set.csv "
+                        f"({orphans[0]} ...); fix the CSV or remove the files")
     if split == "train" and any(m is None for m in masks) and any(m is not None for m in masks):
         lost = [i for i, m in zip(ids, masks) if m is None]
         raise UserError(f"train: {len(lost)} images have no mask ({split}/seg/train_{lost[0]}.npy ...)")
@@ -273,13 +281,23 @@ def read_example(split, i):
     return image, mask
 
 
-def image_size(path):
+def image_size(path, what=""):
     """(H, W) read from the file header only."""
-    if path.endswith(".npy"):
-        a = np.load(path, mmap_mode="r", allow_pickle=False)
-        return tuple(a.shape[:2])
-    with Image.open(path) as im:
-        return im.size[1], im.size[0]
+    what = what or os.path.basename(path)
+    try:
+        if path.endswith(".npy"):
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read_header(f)
+            if dtype.hasobject:
+                raise UserError(f"{what}: {path} holds Python objects (needs pickle); refused")
+            return tuple(shape[:2])
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except (OSError, ValueError, SyntaxError) as e:
+        raise UserError(f"{what}: cannot read {path} ({e})") from None
 
 
 def train_val_split(labels, val_fraction=0.2, seed=0):
@@ -338,7 +356,7 @@ def load_examples(split, indices=None, masks=True, progress=True):
 def cache_fits(split, memory_fraction=0.25):
     """Whether the decoded uint8 images and masks of a split take less than a fraction of this
     machine's memory (sizes read from the file headers)."""
-    pixels = sum(int(np.prod(image_size(p))) for p in split.image_paths)
+    pixels = sum(int(np.prod(image_size(p, f"{split.name} id {i}"))) for i, p in zip(split.ids, split.image_paths))
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return 4 * pixels < memory_fraction * total
 
@@ -978,7 +996,6 @@ def make_demo(root=None, n_train=300, n_test=100, seed=0, scale=1.0):
     try:
         os.rename(tmp, root)
     except OSError:  # another process finished first: keep theirs
-        import shutil
         shutil.rmtree(tmp, ignore_errors=True)
         if not os.path.isfile(os.path.join(root, "solution.csv")):
             raise
@@ -1141,26 +1158,49 @@ def set_backbone_trainable(base, from_layer=None):
 # ----------------------------------------------------------------------------------------------
 # Run folders and training hygiene
 
-def prepare_run_dir(out, resume=False, overwrite=False):
-    """Create the run folder. An existing run is only continued (--resume) or replaced
-    (--overwrite), never silently mixed with a new one."""
-    state = os.path.join(out, "state.json")
+@contextlib.contextmanager
+def run_folder(out, resume=False, overwrite=False, progress="state.json"):
+    """Create a run folder for the `with` block and yield the saved progress of an interrupted run
+    (--resume; {} for a new run). An existing run is only continued (--resume) or replaced
+    (--overwrite), never mixed with a new one. If the block fails before `progress` (a file in
+    the folder: a finished epoch) exists, the new folder is removed and a replaced one put back,
+    so a failed run leaves no partial output and loses nothing; with progress it stays, for
+    --resume."""
+    state_path = os.path.join(out, "state.json")
     if resume:
-        if not os.path.isfile(state):
+        if not os.path.isfile(state_path):
             raise UserError(f"--resume: {out} holds no interrupted run (no state.json)")
-        return out
-    if os.path.exists(out) and os.listdir(out):
+        state = read_json(state_path)
+        if state.get("finished"):
+            raise UserError(f"{out} is already finished; nothing to resume")
+        yield state
+        return
+    backup = None
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         if not overwrite:
             raise UserError(f"{out} already exists; pass --resume to continue it or --overwrite to replace it")
-        import shutil
-        shutil.rmtree(out)
+        backup = f"{out.rstrip(os.sep)}.replaced-{os.getpid()}"
+        os.rename(out, backup)
     try:
         os.makedirs(out, exist_ok=True)
+        if not os.access(out, os.W_OK):
+            raise UserError(f"run folder {out} is not writable")
     except OSError as e:
+        if backup:
+            os.rename(backup, out)
         raise UserError(f"cannot create run folder {out}: {e.strerror}") from None
-    if not os.access(out, os.W_OK):
-        raise UserError(f"run folder {out} is not writable")
-    return out
+    try:
+        yield {}
+    except BaseException:
+        if not os.path.exists(os.path.join(out, progress)):
+            shutil.rmtree(out, ignore_errors=True)
+            if backup:
+                os.rename(backup, out)
+                backup = None
+        raise
+    finally:
+        if backup:
+            shutil.rmtree(backup, ignore_errors=True)
 
 
 def load_run(run_dir, task):
@@ -1250,15 +1290,6 @@ def cosine(lr, start, end, floor=0.02):
     return schedule
 
 
-def start_run(out, resume=False, overwrite=False):
-    """Prepare the run folder; return the saved progress of an interrupted run ({} for a new one)."""
-    prepare_run_dir(out, resume, overwrite)
-    state = read_json(os.path.join(out, "state.json")) if resume else {}
-    if state.get("finished"):
-        raise UserError(f"{out} is already finished; nothing to resume")
-    return state
-
-
 def resume_model(out, state):
     """The model of an interrupted run as saved after its last finished epoch, optimizer included."""
     print(f"resuming after epoch {state.get('epoch', 0)} (best so far {state.get('best')})", flush=True)
@@ -1270,7 +1301,7 @@ def fit_stages(net, stages, train_ds, val_ds, out, state, monitor="val_dice", pa
     """Train through stages [(end epoch, learning rate, prepare(lr)), ...]; prepare sets the
     trainable layers and compiles `net` for its stage. Each stage follows a cosine schedule,
     logs to log.csv, stops early on `monitor`, and checkpoints every epoch (RunCheckpoint), so a
-    resumed run (state from start_run) continues where it stopped. Returns (history, state)."""
+    resumed run (state from run_folder) continues where it stopped. Returns (history, state)."""
     checkpoint = RunCheckpoint(out, monitor, state)
     timer = TimeLimit(time_limit) if time_limit else None
     done, continuing = state.get("epoch", 0), state.get("stage")  # a resumed stage keeps its optimizer

@@ -60,48 +60,50 @@ def run(data=None, cls="runs/cls", seg="runs/seg", out="runs/predict", split="te
         raise common.UserError(f"unknown --tta item {sorted(set(tta) - {'flip', 'scales'})[0]!r}; use flip, scales")
     cls_model, cls_config, thresholds = cls_train.load_run(cls)
     seg_model, seg_config = seg_train.load_run(seg)
-    common.prepare_run_dir(out, overwrite=overwrite)
-    data_split = pick_split(data, split, cls_config, seg_config)
-    if len(data_split) == 0:
-        raise common.UserError(f"the {split} split of {data_split.root} has no images")
-    print(f"predicting {len(data_split)} {split} images of {data_split.root}", flush=True)
+    with common.run_folder(out, overwrite=overwrite):
+        data_split = pick_split(data, split, cls_config, seg_config)
+        if len(data_split) == 0:
+            raise common.UserError(f"the {split} split of {data_split.root} has no images")
+        print(f"predicting {len(data_split)} {split} images of {data_split.root}", flush=True)
 
-    t0 = time.time()
-    examples = common.load_examples(data_split, masks=False)
-    images = [im for im, _ in examples]
-    cls_probs = cls_train.predict_probs(cls_model, data_split, examples, cls_config, flip="flip" in tta)
-    seg_scales = tuple(scales) if "scales" in tta else (1.0,)
-    labels, masks = [], []
-    for i, seg_probs in enumerate(seg_train.segment(seg_model, images, seg_config["img_size"], seg_scales,
-                                                    "flip" in tta, batch_size)):
-        y, m = fuse(cls_probs[i], thresholds, seg_probs, fuse_rules, drop_below, add_area, min_area)
-        labels.append(y)
-        masks.append(m)
-        if (i + 1) % 100 == 0:
-            print(f"  {i + 1}/{len(images)} images", flush=True)
-    seconds = time.time() - t0
+        t0 = time.time()
+        examples = common.load_examples(data_split, masks=False)
+        images = [im for im, _ in examples]
+        cls_probs = cls_train.predict_probs(cls_model, data_split, examples, cls_config, flip="flip" in tta)
+        seg_scales = tuple(scales) if "scales" in tta else (1.0,)
+        labels, masks = [], []
+        for i, seg_probs in enumerate(seg_train.segment(seg_model, images, seg_config["img_size"], seg_scales,
+                                                        "flip" in tta, batch_size)):
+            y, m = fuse(cls_probs[i], thresholds, seg_probs, fuse_rules, drop_below, add_area, min_area)
+            labels.append(y)
+            masks.append(m)
+            if (i + 1) % 100 == 0:
+                print(f"  {i + 1}/{len(images)} images", flush=True)
+        seconds = time.time() - t0
 
-    path = common.write_submission(os.path.join(out, "submission.csv"), data_split.ids, labels, masks)
-    common.validate_submission(path, data_split.ids, [n for m in masks for n in (NUM_CLASSES, NUM_CLASSES * m.size)])
-    common.write_json(os.path.join(out, "predictions.json"), {
-        "split": split, "data": data_split.root, "cls_run": cls, "seg_run": seg, "tta": list(tta),
-        "scales": list(seg_scales), "fuse": list(fuse_rules), "seconds": seconds,
-        "images": {str(i): {"labels": [CLASSES[c] for c in np.flatnonzero(y)],
-                            "probabilities": {CLASSES[c]: round(float(p), 4) for c, p in enumerate(cp) if p >= 0.05},
-                            "mask_area": {CLASSES[c - 1]: round(float((m == c).mean()), 4)
-                                          for c in np.unique(m) if c > 0}}
-                   for i, y, cp, m in zip(data_split.ids, labels, cls_probs, masks)}})
-    gallery(os.path.join(out, "gallery.png"), data_split, images, labels, masks)
-    print(f"wrote {path} ({len(data_split)} images, {seconds:.1f} s, {len(data_split) / seconds:.1f} images/s)")
+        path = common.write_submission(os.path.join(out, "submission.csv"), data_split.ids, labels, masks)
+        sizes = [n for m in masks for n in (NUM_CLASSES, NUM_CLASSES * m.size)]
+        common.validate_submission(path, data_split.ids, sizes)
+        common.write_json(os.path.join(out, "predictions.json"), {
+            "split": split, "data": data_split.root, "cls_run": cls, "seg_run": seg, "tta": list(tta),
+            "scales": list(seg_scales), "fuse": list(fuse_rules), "seconds": seconds,
+            "images": {str(i): {"labels": [CLASSES[c] for c in np.flatnonzero(y)],
+                                "probabilities": {CLASSES[c]: round(float(p), 4)
+                                                  for c, p in enumerate(cp) if p >= 0.05},
+                                "mask_area": {CLASSES[c - 1]: round(float((m == c).mean()), 4)
+                                              for c in np.unique(m) if c > 0}}
+                       for i, y, cp, m in zip(data_split.ids, labels, cls_probs, masks)}})
+        gallery(os.path.join(out, "gallery.png"), data_split, images, labels, masks)
+        print(f"wrote {path} ({len(data_split)} images, {seconds:.1f} s, {len(data_split) / seconds:.1f} images/s)")
 
-    scores = None
-    if score:
-        truth_csv = truth or solution_for(data_split, split, out)
-        scores = common.score_submission(path, truth_csv)
-        common.write_json(os.path.join(out, "scores.json"), dict(scores, truth=truth_csv))
-        print(f"score on {split}: classification {scores['classification']:.4f}  "
-              f"segmentation {scores['segmentation']:.4f}  joint {scores['score']:.4f}")
-    return scores, path
+        scores = None
+        if score:
+            truth_csv = truth or solution_for(data_split, split, out)
+            scores = common.score_submission(path, truth_csv)
+            common.write_json(os.path.join(out, "scores.json"), dict(scores, truth=truth_csv))
+            print(f"score on {split}: classification {scores['classification']:.4f}  "
+                  f"segmentation {scores['segmentation']:.4f}  joint {scores['score']:.4f}")
+        return scores, path
 
 
 def pick_split(data, split, cls_config, seg_config):
@@ -156,7 +158,8 @@ def main(argv=None):
     p.add_argument("--tta", default="flip", help="comma list from flip,scales; 'none' for none (default %(default)s)")
     p.add_argument("--scales", default="0.75,1,1.25", help="segmentation scales for --tta scales (default %(default)s)")
     p.add_argument("--fuse", default="", help=f"comma list of fusion rules from {','.join(RULES)} (default: none)")
-    p.add_argument("--drop-below", type=float, default=0.05, help="rule drop: classifier probability (default %(default)s)")
+    p.add_argument("--drop-below", type=float, default=0.05,
+                   help="rule drop: classifier probability (default %(default)s)")
     p.add_argument("--add-area", type=float, default=0.05, help="rule add: mask area fraction (default %(default)s)")
     p.add_argument("--min-area", type=float, default=0.002, help="rule small: mask area fraction (default %(default)s)")
     p.add_argument("--score", action="store_true", help="score the predictions (val split, or test with labels)")

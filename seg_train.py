@@ -223,68 +223,70 @@ def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None,
     if img_size % STRIDE:
         raise common.UserError(f"--img-size must be a multiple of {STRIDE}, not {img_size}")
     verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
-    state = common.start_run(out, resume, overwrite)
-    keras.utils.set_random_seed(seed)
+    with common.run_folder(out, resume, overwrite) as state:
+        keras.utils.set_random_seed(seed)
 
-    split = common.load_split(data, "train")
-    if not split.has_masks:
-        raise common.UserError("the training split has no masks; segmentation needs them")
-    train_idx, val_idx = common.train_val_split(split.labels, val_fraction, seed)
-    train_split, val_split = split.subset(train_idx), split.subset(val_idx)
-    print(f"data: {split.root} ({split.layout}); {len(train_split)} train / {len(val_split)} val images", flush=True)
-    config = dict(task="segmentation", model=model, backbone=None if model == "unet" else backbone,
-                  img_size=img_size, fit="pad", data=split.root, seed=seed, val_fraction=val_fraction,
-                  loss=loss, classes=list(CLASSES), val_ids=list(val_split.ids))
-    common.write_json(os.path.join(out, "config.json"), config)
+        split = common.load_split(data, "train")
+        if not split.has_masks:
+            raise common.UserError("the training split has no masks; segmentation needs them")
+        train_idx, val_idx = common.train_val_split(split.labels, val_fraction, seed)
+        train_split, val_split = split.subset(train_idx), split.subset(val_idx)
+        print(f"data: {split.root} ({split.layout}); {len(train_split)} train / {len(val_split)} val images",
+              flush=True)
+        config = dict(task="segmentation", model=model, backbone=None if model == "unet" else backbone,
+                      img_size=img_size, fit="pad", data=split.root, seed=seed, val_fraction=val_fraction,
+                      loss=loss, classes=list(CLASSES), val_ids=list(val_split.ids))
+        common.write_json(os.path.join(out, "config.json"), config)
 
-    train_examples = common.load_examples(train_split) if common.cache_fits(split) else None
-    val_examples = common.load_examples(val_split)
-    train_ds = common.make_dataset(train_split, train_examples, img_size, batch_size, training=True, seed=seed,
-                                   target="mask", scale=(0.5, 1.5))
-    val_ds = common.make_dataset(val_split, val_examples, img_size, batch_size, target="mask")
+        train_examples = common.load_examples(train_split) if common.cache_fits(split) else None
+        val_examples = common.load_examples(val_split)
+        train_ds = common.make_dataset(train_split, train_examples, img_size, batch_size, training=True, seed=seed,
+                                       target="mask", scale=(0.5, 1.5))
+        val_ds = common.make_dataset(val_split, val_examples, img_size, batch_size, target="mask")
 
-    if resume:
-        net = common.resume_model(out, state)
-    elif model == "unet":
-        net = build_unet(None, width)
-    else:
-        net = build_transfer_unet(None, backbone, weights)
-    encoder = next((layer for layer in net.layers if isinstance(layer, keras.Model)), None)
+        if resume:
+            net = common.resume_model(out, state)
+        elif model == "unet":
+            net = build_unet(None, width)
+        else:
+            net = build_transfer_unet(None, backbone, weights)
+        encoder = next((layer for layer in net.layers if isinstance(layer, keras.Model)), None)
 
-    def prepare(stage):
-        def compile_for(stage_lr):
-            if encoder is not None:
-                common.set_backbone_trainable(encoder, None if stage == 1 else common.BACKBONES[backbone][1])
-                print(f"encoder {'frozen' if stage == 1 else 'unfrozen from its top stage'}", flush=True)
-            net.compile(optimizer=keras.optimizers.AdamW(stage_lr, weight_decay=1e-4), loss=SegLoss(loss),
-                        metrics=[keras.metrics.MeanIoU(NUM_CLASSES + 1, ignore_class=VOID, sparse_y_pred=False,
-                                                       name="miou"),
-                                 common.MaskDice(name="dice")])
-        return compile_for
+        def prepare(stage):
+            def compile_for(stage_lr):
+                if encoder is not None:
+                    common.set_backbone_trainable(encoder, None if stage == 1 else common.BACKBONES[backbone][1])
+                    print(f"encoder {'frozen' if stage == 1 else 'unfrozen from its top stage'}", flush=True)
+                net.compile(optimizer=keras.optimizers.AdamW(stage_lr, weight_decay=1e-4), loss=SegLoss(loss),
+                            metrics=[keras.metrics.MeanIoU(NUM_CLASSES + 1, ignore_class=VOID, sparse_y_pred=False,
+                                                           name="miou"),
+                                     common.MaskDice(name="dice")])
+            return compile_for
 
-    stages = [(epochs, lr, prepare(1))] if model == "unet" else \
-        [(warmup_epochs, lr, prepare(1)), (epochs, lr * finetune_factor, prepare(2))]
-    history, state = common.fit_stages(net, stages, train_ds, val_ds, out, state, "val_dice", patience,
-                                       time_limit, verbose)
+        stages = [(epochs, lr, prepare(1))] if model == "unet" else \
+            [(warmup_epochs, lr, prepare(1)), (epochs, lr * finetune_factor, prepare(2))]
+        history, state = common.fit_stages(net, stages, train_ds, val_ds, out, state, "val_dice", patience,
+                                           time_limit, verbose)
 
-    best = keras.models.load_model(os.path.join(out, "model.keras"), compile=False, safe_mode=True)
-    pred = predict_masks(best, [im for im, _ in val_examples], img_size)
-    m = seg_metrics(pred, [mask for _, mask in val_examples])
-    gallery(os.path.join(out, "gallery.png"), val_split, val_examples, pred, m["per_image_dice"])
-    all_background = float(np.mean([common.segmentation_dice(np.zeros_like(mask), mask) for _, mask in val_examples]))
-    metrics = {"val_miou": m["miou"], "val_iou": m["iou"], "val_dice": m["dice"],
-               "all_background_dice": all_background, "val_images": len(val_split),
-               "epochs_trained": state["epoch"], "best_epoch": state["best_epoch"],
-               "stopped_by_nan": bool(state["nan_epoch"]), "stopped_by_time_limit": state["time_limited"]}
-    common.write_json(os.path.join(out, "metrics.json"), metrics)
-    common.plot_curves(os.path.join(out, "log.csv"), os.path.join(out, "curves.png"),
-                       [("loss", ["loss", "val_loss"]), ("mIoU", ["miou", "val_miou"]),
-                        ("Dice", ["dice", "val_dice"])],
-                       title=f"{model} segmenter on {split.root} (training crops at {img_size} px)")
-    common.finish_run(out, state)
-    print(f"val mIoU {m['miou']:.3f}  val Dice {m['dice']:.3f} (all-background {all_background:.3f}), "
-          f"original resolution; run folder {out}", flush=True)
-    return best, history
+        best = keras.models.load_model(os.path.join(out, "model.keras"), compile=False, safe_mode=True)
+        pred = predict_masks(best, [im for im, _ in val_examples], img_size)
+        m = seg_metrics(pred, [mask for _, mask in val_examples])
+        gallery(os.path.join(out, "gallery.png"), val_split, val_examples, pred, m["per_image_dice"])
+        all_background = float(np.mean([common.segmentation_dice(np.zeros_like(mask), mask)
+                                        for _, mask in val_examples]))
+        metrics = {"val_miou": m["miou"], "val_iou": m["iou"], "val_dice": m["dice"],
+                   "all_background_dice": all_background, "val_images": len(val_split),
+                   "epochs_trained": state["epoch"], "best_epoch": state["best_epoch"],
+                   "stopped_by_nan": bool(state["nan_epoch"]), "stopped_by_time_limit": state["time_limited"]}
+        common.write_json(os.path.join(out, "metrics.json"), metrics)
+        common.plot_curves(os.path.join(out, "log.csv"), os.path.join(out, "curves.png"),
+                           [("loss", ["loss", "val_loss"]), ("mIoU", ["miou", "val_miou"]),
+                            ("Dice", ["dice", "val_dice"])],
+                           title=f"{model} segmenter on {split.root} (training crops at {img_size} px)")
+        common.finish_run(out, state)
+        print(f"val mIoU {m['miou']:.3f}  val Dice {m['dice']:.3f} (all-background {all_background:.3f}), "
+              f"original resolution; run folder {out}", flush=True)
+        return best, history
 
 
 def main(argv=None):
@@ -299,7 +301,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, help="default 8")
     p.add_argument("--lr", type=float, help="learning rate (default: unet 5e-3, mobilenetv2_unet 2e-3)")
     p.add_argument("--finetune-factor", type=float, default=0.25,
-                   help="transfer: learning rate multiplier once the encoder's top stage is unfrozen (default %(default)s)")
+                   help="transfer: learning-rate factor once the encoder's top stage is unfrozen "
+                        "(default %(default)s)")
     p.add_argument("--weights", default="imagenet", help="encoder weights: imagenet, none or a .h5 path")
     p.add_argument("--backbone", default="mobilenetv2", choices=list(common.BACKBONES),
                    help="encoder of the transfer U-Net (default %(default)s)")

@@ -21,7 +21,8 @@ import seg_train  # noqa: E402
 
 # name: (script, arguments, training-time limit in minutes)
 RUNS = {
-    "cls_mobilenetv2": (cls_train, dict(model="mobilenetv2", img_size=224, epochs=20, warmup_epochs=5, batch_size=16), 30),
+    "cls_mobilenetv2": (cls_train, dict(model="mobilenetv2", img_size=224, epochs=20, warmup_epochs=5, batch_size=16),
+                        30),
     "cls_scratch": (cls_train, dict(model="scratch", img_size=128, epochs=25, batch_size=32), 30),
     "seg_mobilenetv2_unet": (seg_train, dict(model="mobilenetv2_unet", img_size=256, epochs=28, warmup_epochs=8), 55),
     "seg_unet": (seg_train, dict(model="unet", img_size=160, epochs=35), 55),
@@ -63,7 +64,8 @@ def main():
         else:
             numbers = (f"mIoU {m['val_miou']:.3f}, seg Dice {m['val_dice']:.3f} "
                        f"(all-background {m['all_background_dice']:.3f})")
-        print(f"| {r['name']} | {r['arguments']['img_size']} | {m['epochs_trained']} | {r['wall_minutes']} | {numbers} |")
+        print(f"| {r['name']} | {r['arguments']['img_size']} | {m['epochs_trained']} | {r['wall_minutes']} "
+              f"| {numbers} |")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ sys.path.insert(0, ROOT)
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 PROXY = os.path.join(SHARED, "proxy")
 KERAS_HOME = os.path.join(SHARED, "keras_home")
-HAVE_IMAGENET = os.path.isfile(os.path.join(KERAS_HOME, "models", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5"))
+HAVE_IMAGENET = os.path.isfile(
+    os.path.join(KERAS_HOME, "models", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5"))
 if HAVE_IMAGENET:  # offline ImageNet weights; Keras reads KERAS_HOME when it is imported
     os.environ.setdefault("KERAS_HOME", KERAS_HOME)
 

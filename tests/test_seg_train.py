@@ -35,7 +35,8 @@ def test_unet_run_and_original_size_predictions(demo_dir, tmp_path):
     check_run_folder(out)
     loaded, config = seg_train.load_run(out)
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for h, w in [(333, 500), (500, 281), (37, 101), (64, 64)]]
+    sizes = [(333, 500), (500, 281), (37, 101), (64, 64)]
+    images = [rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for h, w in sizes]
     masks = seg_train.predict_masks(loaded, images, config["img_size"], scales=(1.0, 0.75), flip=True)
     for image, mask in zip(images, masks):
         assert mask.shape == image.shape[:2] and mask.dtype == np.uint8 and mask.max() <= 20

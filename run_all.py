@@ -1,0 +1,119 @@
+"""The whole job in one command: check the data, train a classifier and a segmenter, train an
+attack generator against the classifier, predict the test split, write submission.csv, score it
+when labels exist, and write summary.md linking every figure.
+
+    python run_all.py --data demo                  # about 10 minutes on a 2-core CPU
+    python run_all.py --data DIR --transfer --out runs/full   # MobileNetV2 models, full sizes
+
+Sizes and epochs default to a quick run (scratch models at small sizes); --transfer switches to
+the MobileNetV2 models at their default sizes and epochs (ImageNet weights: downloaded by Keras,
+or offline from $KERAS_HOME/models).
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import common  # noqa: I001  (first: it quiets TensorFlow's start-up logging before Keras loads it)
+import attack
+import cls_train
+import predict
+import seg_train
+
+QUICK = {  # scratch models sized to finish the demo in minutes on a laptop CPU
+    "cls": dict(model="scratch", img_size=64, epochs=20, width=16, batch_size=16, lr=3e-3),
+    "seg": dict(model="unet", img_size=96, epochs=15, width=16, batch_size=8),
+    "attack": dict(goal="cls_targeted", eps=8.0, epochs=6, lr=3e-3),
+}
+TRANSFER = {
+    "cls": dict(model="mobilenetv2"),
+    "seg": dict(model="mobilenetv2_unet"),
+    "attack": dict(goal="cls_targeted", eps=8.0, epochs=10, lr=1e-3),
+}
+
+
+def run(data="demo", out="runs/all", transfer=False, overwrite=False, verbose=2):
+    """Run every stage into `out` and return the summary numbers."""
+    with common.run_folder(out, overwrite=overwrite, progress=os.path.join("cls", "metrics.json")):
+        plan = TRANSFER if transfer else QUICK
+        t0 = time.time()
+        times = {}
+
+        def stage(name, fn, *args, **kwargs):
+            print(f"\n=== {name} ===", flush=True)
+            t = time.time()
+            result = fn(*args, **kwargs)
+            times[name] = time.time() - t
+            return result
+
+        stage("data check", common.dataset_summary, data, os.path.join(out, "data_check"))
+        root, _ = common.resolve_data(data)
+        path = lambda name: os.path.join(out, name)  # noqa: E731
+        stage("classifier", cls_train.train, data=root, out=path("cls"), verbose=verbose, **plan["cls"])
+        stage("segmenter", seg_train.train, data=root, out=path("seg"), verbose=verbose, **plan["seg"])
+        stage("attack", attack.run, target=path("cls"), out=path("attack"), verbose=verbose, **plan["attack"])
+        test = common.load_split(root, "test")
+        has_truth = os.path.isfile(os.path.join(root, "solution.csv"))
+        scores, submission = stage("predict test", predict.run, root, path("cls"), path("seg"), path("predict"),
+                                   score=has_truth) if len(test) else (None, None)
+        val_scores, _ = stage("predict validation", predict.run, root, path("cls"), path("seg"), path("predict_val"),
+                              split="val", score=True)
+        times["total"] = time.time() - t0
+        summary = write_summary(out, root, scores, val_scores, submission, times)
+        print(f"\nall done in {times['total'] / 60:.1f} min: {os.path.join(out, 'summary.md')}", flush=True)
+        return summary
+
+
+def write_summary(out, root, scores, val_scores, submission, times):
+    """summary.md: the numbers of every stage and links to every figure."""
+    cls = common.read_json(os.path.join(out, "cls", "metrics.json"))
+    seg = common.read_json(os.path.join(out, "seg", "metrics.json"))
+    att = common.read_json(os.path.join(out, "attack", "metrics.json"))
+    lines = [f"# Run summary: {root}", "",
+             f"Total time {times['total'] / 60:.1f} min (" + ", ".join(
+                 f"{k} {v:.0f} s" for k, v in times.items() if k != "total") + ").", "",
+             "## Numbers", "", "| what | value |", "|---|---|",
+             f"| classifier val mAP | {cls['val_map']:.3f} |",
+             f"| classifier val Dice (tuned thresholds) | {cls['val_dice_tuned']:.3f} "
+             f"(constant baseline {cls['baseline_dice']:.3f}) |",
+             f"| segmenter val mIoU | {seg['val_miou']:.3f} |",
+             f"| segmenter val Dice (segmentation half) | {seg['val_dice']:.3f} |"]
+    for name, s in (("validation split", val_scores), ("test split", scores)):
+        if s:
+            lines.append(f"| submission score, {name} | classification {s['classification']:.3f}, "
+                         f"segmentation {s['segmentation']:.3f}, joint {s['score']:.3f} |")
+    for method, r in att["held_out"].items():
+        lines.append(f"| attack `{att['goal']}` -> {att['target_class']}, {method} | success {r['success_rate']:.1%}, "
+                     f"L-inf max {r['linf_max_255']:.1f}/255, PSNR {r['psnr_mean']:.1f} dB, "
+                     f"{r['ms_per_image']:.0f} ms/image |")
+    if submission:
+        lines += ["", f"Submission: [{os.path.relpath(submission, out)}]({os.path.relpath(submission, out)})"]
+    lines += ["", "## Figures", ""]
+    figures = [("data samples", "data_check/samples.png"), ("classifier learning curves", "cls/curves.png"),
+               ("classifier good and bad validation cases", "cls/gallery.png"),
+               ("segmenter learning curves", "seg/curves.png"),
+               ("segmenter good and bad validation cases", "seg/gallery.png"),
+               ("attack examples (held-out images)", "attack/panel.png"),
+               ("test predictions", "predict/gallery.png"), ("validation predictions", "predict_val/gallery.png")]
+    for title, rel in figures:
+        if os.path.isfile(os.path.join(out, rel)):
+            lines += [f"### {title}", "", f"![{title}]({rel})", ""]
+    common.atomic_write(os.path.join(out, "summary.md"), lambda f: f.write("\n".join(lines) + "\n"))
+    return {"cls": cls, "seg": seg, "attack": att, "test": scores, "val": val_scores, "times": times}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="demo", help="dataset folder or 'demo' (default %(default)s)")
+    p.add_argument("--out", default="runs/all", help="run folder (default %(default)s)")
+    p.add_argument("--transfer", action="store_true",
+                   help="MobileNetV2 models at full size instead of quick scratch models")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    args = p.parse_args(argv)
+    run(args.data, args.out, args.transfer, args.overwrite)
+
+
+if __name__ == "__main__":
+    sys.exit(common.run_cli(main))
