@@ -36,25 +36,38 @@ def main():
     p.add_argument("--loss", help="override the loss (cls: bce/focal/asl, seg: ce/dice/ce+dice)")
     p.add_argument("--minutes", type=float, help="override the training-time limit")
     p.add_argument("--epochs", type=int, help="override the epochs")
+    p.add_argument("--report", action="store_true", help="only print the table of bench/results/*.json")
+    p.add_argument("--collect", action="store_true",
+                   help="write the results of finished runs/bench_<name> folders without training again "
+                        "(wall time from the folder's file times)")
     args = p.parse_args()
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}"
     print(f"machine: {machine}; data {args.data}", flush=True)
     results = []
-    for name in args.only or list(RUNS):
+    for name in [] if args.report else args.only or list(RUNS):
         script, kwargs, minutes = RUNS[name]
         kwargs = dict(kwargs, **({"loss": args.loss} if args.loss else {}),
                       **({"epochs": args.epochs} if args.epochs else {}))
         minutes = args.minutes or minutes
         tag = name + (f"_{args.loss}" if args.loss else "")
         out = f"runs/bench_{tag}"
-        t = time.time()
-        script.train(data=args.data, out=out, overwrite=True, time_limit=minutes, **kwargs)
+        if args.collect:
+            started, ended = (os.path.getmtime(os.path.join(out, f)) for f in ("config.json", "state.json"))
+            wall = ended - started
+        else:
+            t = time.time()
+            script.train(data=args.data, out=out, overwrite=True, time_limit=minutes, **kwargs)
+            wall = time.time() - t
         metrics = json.load(open(os.path.join(out, "metrics.json")))
         result = dict(name=tag, arguments=kwargs, time_limit_minutes=minutes,
-                      wall_minutes=round((time.time() - t) / 60, 1), machine=machine, metrics=metrics)
+                      wall_minutes=round(wall / 60, 1), machine=machine, metrics=metrics)
         os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
         json.dump(result, open(os.path.join(HERE, "results", f"{tag}.json"), "w"), indent=2)
         results.append(result)
+    if args.report:
+        folder = os.path.join(HERE, "results")
+        results = [json.load(open(os.path.join(folder, f))) for f in sorted(os.listdir(folder))
+                   if f.endswith(".json") and f.startswith(("cls_", "seg_"))]
     print("\n| run | px | epochs | wall minutes | numbers (validation split) |\n|---|---|---|---|---|")
     for r in results:
         m = r["metrics"]

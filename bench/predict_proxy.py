@@ -1,0 +1,89 @@
+"""Benchmark: the joint competition score of a classifier + segmenter pair on the validation split
+both runs held out of ../shared/proxy, for each test-time augmentation and each fusion rule, then
+a submission.csv for the proxy's test images with the chosen settings.
+
+    KERAS_HOME=../shared/keras_home python bench/predict_proxy.py \
+        --cls runs/bench_cls_mobilenetv2 --seg runs/bench_seg_mobilenetv2_unet
+
+The probabilities are computed once per TTA setting and every fusion rule is applied to the same
+probabilities, so the rows differ only by the rule. Writes runs/bench_predict/ (submissions,
+scores) and bench/results/predict_proxy.json, and prints a table.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+import common  # noqa: E402,I001
+import cls_train  # noqa: E402
+import predict  # noqa: E402
+import seg_train  # noqa: E402
+
+TTAS = [(), ("flip",), ("flip", "scales")]
+RULESETS = [(), ("drop",), ("add",), ("small",), ("agree",), ("drop", "small")]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "proxy"))
+    p.add_argument("--cls", default="runs/bench_cls_mobilenetv2")
+    p.add_argument("--seg", default="runs/bench_seg_mobilenetv2_unet")
+    p.add_argument("--out", default="runs/bench_predict")
+    p.add_argument("--test-tta", default="flip", help="TTA for the test submission (default %(default)s)")
+    p.add_argument("--test-fuse", default="", help="fusion rules for the test submission (default none)")
+    args = p.parse_args()
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}"
+    print(f"machine: {machine}; data {args.data}; cls {args.cls}; seg {args.seg}", flush=True)
+    os.makedirs(args.out, exist_ok=True)
+
+    cls_model, cls_config, thresholds = cls_train.load_run(args.cls)
+    seg_model, seg_config = seg_train.load_run(args.seg)
+    val = predict.pick_split(args.data, "val", cls_config, seg_config)
+    truth = predict.solution_for(val, "val", args.out)
+    examples = common.load_examples(val, masks=False)
+    images = [im for im, _ in examples]
+    rows = []
+    for tta in TTAS:
+        t = time.time()
+        cls_probs = cls_train.predict_probs(cls_model, val, examples, cls_config, flip="flip" in tta)
+        scales = (0.75, 1.0, 1.25) if "scales" in tta else (1.0,)
+        results = {rules: ([], []) for rules in RULESETS}
+        for i, seg_probs in enumerate(seg_train.segment(seg_model, images, seg_config["img_size"], scales,
+                                                        "flip" in tta)):
+            for rules, (labels, masks) in results.items():
+                y, m = predict.fuse(cls_probs[i], thresholds, seg_probs, rules)
+                labels.append(y)
+                masks.append(m)
+        seconds = time.time() - t
+        for rules, (labels, masks) in results.items():
+            name = "+".join(tta) or "none", "+".join(rules) or "none"
+            path = common.write_submission(os.path.join(args.out, f"val_tta-{name[0]}_fuse-{name[1]}.csv"),
+                                           val.ids, labels, masks)
+            s = common.score_submission(path, truth)
+            rows.append(dict(tta=name[0], fuse=name[1], seconds=round(seconds, 1), **s))
+            print(f"tta {name[0]:12s} fuse {name[1]:10s} classification {s['classification']:.4f}  "
+                  f"segmentation {s['segmentation']:.4f}  joint {s['score']:.4f}", flush=True)
+
+    items = lambda s: tuple(x for x in s.split(",") if x and x != "none")  # noqa: E731
+    t = time.time()
+    _, submission = predict.run(args.data, args.cls, args.seg, os.path.join(args.out, "test"), "test",
+                                items(args.test_tta), fuse_rules=items(args.test_fuse), overwrite=True)
+    test = dict(submission=submission, seconds=round(time.time() - t, 1), tta=args.test_tta, fuse=args.test_fuse)
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    with open(os.path.join(HERE, "results", "predict_proxy.json"), "w") as f:
+        json.dump(dict(machine=machine, cls=args.cls, seg=args.seg, val_images=len(val), rows=rows, test=test),
+                  f, indent=2)
+    print(f"\nvalidation split of {args.data}: {len(val)} images\n")
+    print("| TTA | fusion | classification | segmentation | joint |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['tta']} | {r['fuse']} | {r['classification']:.4f} | {r['segmentation']:.4f} | {r['score']:.4f} |")
+    print(f"\ntest submission: {submission} ({test['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()
