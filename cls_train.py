@@ -29,7 +29,8 @@ DEFAULTS = {  # per model: image size, epochs (total), warm-up epochs (frozen ba
 
 def conv_bn_relu(x, filters, name):
     x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)  # small data: adapt fast
+    # momentum .9: small data, adapt fast; synchronized: batch statistics over all replicas
+    x = keras.layers.BatchNormalization(momentum=0.9, synchronized=True, name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -44,7 +45,7 @@ def build_scratch(img_size=128, width=32, dropout=0.4):
         x = keras.layers.MaxPooling2D(name=f"block{b + 1}_pool")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(NUM_CLASSES, activation="sigmoid", name="labels")(x)
+    outputs = keras.layers.Dense(NUM_CLASSES, activation="sigmoid", dtype="float32", name="labels")(x)
     return keras.Model(inputs, outputs, name="scratch_cnn")
 
 
@@ -57,7 +58,7 @@ def build_transfer(img_size=224, backbone="mobilenetv2", weights="imagenet", dro
     x = base(x, training=False)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(NUM_CLASSES, activation="sigmoid", name="labels")(x)
+    outputs = keras.layers.Dense(NUM_CLASSES, activation="sigmoid", dtype="float32", name="labels")(x)
     return keras.Model(inputs, outputs, name=f"{backbone}_classifier")
 
 
@@ -191,7 +192,7 @@ def gallery(path, split, examples, probs, pred, n=6):
 def train(data="demo", model="scratch", out="runs/cls", img_size=None, epochs=None, warmup_epochs=None,
           batch_size=None, lr=None, weights="imagenet", backbone="mobilenetv2", loss="bce",
           balance=True, val_fraction=0.2, patience=10, time_limit=None, width=32, seed=0,
-          resume=False, overwrite=False, verbose=None):
+          resume=False, overwrite=False, strategy="auto", mixed_precision="auto", jit="auto", verbose=None):
     """Train a classifier and write its run folder. Returns (best model, history dict)."""
     d = DEFAULTS["scratch" if model == "scratch" else "mobilenetv2"]
     img_size, epochs = img_size or d["img_size"], epochs or d["epochs"]
@@ -202,6 +203,9 @@ def train(data="demo", model="scratch", out="runs/cls", img_size=None, epochs=No
     if loss not in ("bce", "focal", "asl"):
         raise common.UserError(f"unknown --loss {loss!r}; choose bce, focal or asl")
     verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
+    jit_compile = common.jit_flag(jit)
+    strategy, devices = common.setup_devices(strategy, mixed_precision, batch_size, lr)
+    batch_size, lr = devices["global_batch_size"], devices["lr"]
     with common.run_folder(out, resume, overwrite) as state:
         keras.utils.set_random_seed(seed)
 
@@ -214,7 +218,7 @@ def train(data="demo", model="scratch", out="runs/cls", img_size=None, epochs=No
               flush=True)
         config = dict(task="classification", model=model, backbone=None if model == "scratch" else backbone,
                       img_size=img_size, fit="resize", data=split.root, seed=seed, val_fraction=val_fraction,
-                      loss=loss, classes=list(CLASSES), val_ids=list(val_split.ids))
+                      loss=loss, devices=devices, classes=list(CLASSES), val_ids=list(val_split.ids))
         common.write_json(os.path.join(out, "config.json"), config)
 
         train_examples = common.load_examples(train_split, masks=False) if common.cache_fits(split) else None
@@ -223,12 +227,13 @@ def train(data="demo", model="scratch", out="runs/cls", img_size=None, epochs=No
                                        fit="resize", scale=(0.8, 1.25))
         val_ds = common.make_dataset(val_split, val_examples, img_size, batch_size, fit="resize")
 
-        if resume:
-            net = common.resume_model(out, state)
-        elif model == "scratch":
-            net = build_scratch(img_size, width)
-        else:
-            net = build_transfer(img_size, backbone, weights)
+        with strategy.scope():
+            if resume:
+                net = common.resume_model(out, state)
+            elif model == "scratch":
+                net = build_scratch(img_size, width)
+            else:
+                net = build_transfer(img_size, backbone, weights)
         base = next((layer for layer in net.layers if isinstance(layer, keras.Model)), None)  # the backbone
         pos_weight = positive_weights(train_split.labels) if balance else None
 
@@ -237,8 +242,10 @@ def train(data="demo", model="scratch", out="runs/cls", img_size=None, epochs=No
                 if base is not None:
                     common.set_backbone_trainable(base, None if stage == 1 else common.BACKBONES[backbone][1])
                     print(f"backbone {'frozen' if stage == 1 else 'unfrozen from its top stage'}", flush=True)
-                net.compile(optimizer=keras.optimizers.AdamW(stage_lr, weight_decay=1e-4),
-                            loss=MultiLabelLoss(loss, pos_weight), metrics=[common.LabelDice(top1=True, name="dice")])
+                with strategy.scope():
+                    net.compile(optimizer=keras.optimizers.AdamW(stage_lr, weight_decay=1e-4),
+                                loss=MultiLabelLoss(loss, pos_weight),
+                                metrics=[common.LabelDice(top1=True, name="dice")], jit_compile=jit_compile)
             return compile_for
 
         stages = [(epochs, lr, prepare(1))] if model == "scratch" else \
@@ -303,6 +310,7 @@ def main(argv=None):
     p.add_argument("--width", type=int, default=32,
                    help="scratch CNN: filters in the first block (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    common.add_device_args(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")

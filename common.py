@@ -1156,6 +1156,99 @@ def set_backbone_trainable(base, from_layer=None):
 
 
 # ----------------------------------------------------------------------------------------------
+# Devices: tf.distribute strategies, mixed precision, XLA
+
+STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
+
+
+def make_strategy(name="auto"):
+    """The tf.distribute strategy for --strategy.
+
+    auto: a TPU if one is attached, else all local GPUs when there are several, else one device.
+    mirrored: MirroredStrategy over all local GPUs (with none: over every logical CPU device, so
+    it can be tested on a CPU split into logical devices). multiworker: MultiWorkerMirroredStrategy,
+    the cluster described by $TF_CONFIG. tpu: TPUStrategy (Kaggle/Colab TPUs)."""
+    if name not in STRATEGIES:
+        raise UserError(f"unknown --strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        has_tpu = tf.config.list_physical_devices("TPU") or "TPU_NAME" in os.environ or "COLAB_TPU_ADDR" in os.environ
+        name = "tpu" if has_tpu else "mirrored" if len(gpus) > 1 else "default"
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        if gpus:
+            return tf.distribute.MirroredStrategy([d.name for d in gpus])
+        # CPU devices: reduce through one device (collective all-reduces across logical CPU devices
+        # can be launched in a different order per replica and then fail)
+        return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")],
+                                              cross_device_ops=tf.distribute.ReductionToOneDevice())
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise UserError("--strategy multiworker needs $TF_CONFIG describing the cluster and this worker's index "
+                            "(see README, 'Speed and scale')")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as e:
+        raise UserError(f"--strategy tpu: no TPU found ({str(e).splitlines()[0][:120]})") from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def set_precision(mode="auto", strategy=None):
+    """Set Keras' global dtype policy for --mixed-precision auto|on|off and return its name.
+
+    on: mixed_bfloat16 on TPUs and CPUs, mixed_float16 on GPUs (Keras then wraps the optimizer
+    in a LossScaleOptimizer); auto: on for GPUs and TPUs, off (float32) on a CPU, where float16
+    is emulated and slower. Models keep float32 outputs, so losses and metrics run in float32."""
+    if mode not in ("auto", "on", "off"):
+        raise UserError(f"--mixed-precision must be auto, on or off, not {mode!r}")
+    on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
+    on_gpu = bool(tf.config.list_logical_devices("GPU"))
+    if mode == "off" or (mode == "auto" and not (on_tpu or on_gpu)):
+        policy = "float32"
+    else:
+        policy = "mixed_float16" if on_gpu and not on_tpu else "mixed_bfloat16"
+    keras.config.set_dtype_policy(policy)
+    return policy
+
+
+def jit_flag(mode="auto"):
+    """compile(jit_compile=...) for --jit auto|on|off. auto is Keras' rule: XLA on a single GPU
+    or TPU, not on a CPU (measured slower here, bench/speed.py) nor under tf.distribute."""
+    if mode not in ("auto", "on", "off"):
+        raise UserError(f"--jit must be auto, on or off, not {mode!r}")
+    return {"auto": "auto", "on": True, "off": False}[mode]
+
+
+def setup_devices(strategy="auto", mixed_precision="auto", batch_size=32, lr=1e-3):
+    """Strategy, dtype policy and the global batch size and learning rate: both scale with the
+    replica count (each replica keeps `batch_size` images; linear learning-rate scaling).
+    Returns (strategy, dict for config.json)."""
+    chosen = make_strategy(strategy)
+    policy = set_precision(mixed_precision, chosen)
+    replicas = chosen.num_replicas_in_sync
+    devices = dict(strategy=type(chosen).__name__, replicas=replicas, precision=policy,
+                   global_batch_size=batch_size * replicas, lr=lr * replicas)
+    if replicas > 1 or policy != "float32":
+        print(f"devices: {devices['strategy']} with {replicas} replicas, {policy}; global batch "
+              f"{devices['global_batch_size']}, learning rate {devices['lr']:g}", flush=True)
+    return chosen, devices
+
+
+def add_device_args(p):
+    """The --strategy, --mixed-precision and --jit flags shared by the training scripts."""
+    p.add_argument("--strategy", default="auto", choices=STRATEGIES,
+                   help="tf.distribute strategy (default auto: TPU if attached, all GPUs if several, else one device)")
+    p.add_argument("--mixed-precision", default="auto", choices=["auto", "on", "off"],
+                   help="mixed precision (default auto: float16 on GPU, bfloat16 on TPU, off on CPU)")
+    p.add_argument("--jit", default="auto", choices=["auto", "on", "off"],
+                   help="XLA compilation (default auto: on for a single GPU/TPU, off on CPU)")
+
+
+# ----------------------------------------------------------------------------------------------
 # Run folders and training hygiene
 
 @contextlib.contextmanager

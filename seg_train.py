@@ -34,7 +34,7 @@ STRIDE = 32  # both networks downsample 32x: inputs are padded to a multiple of 
 def conv_bn_relu(x, filters, name, kernel=3, separable=False):
     conv = keras.layers.SeparableConv2D if separable else keras.layers.Conv2D
     x = conv(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=0.9, synchronized=True, name=f"{name}_bn")(x)  # over all replicas
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -123,7 +123,9 @@ class SegLoss(keras.losses.Loss):
             inter = ops.sum(probs * onehot, axes)
             denom = ops.sum(probs, axes) + ops.sum(onehot, axes)
             total = total + 1.0 - ops.mean((2.0 * inter + 1.0) / (denom + 1.0))
-        return total
+        # the batch's loss repeated per image: Keras averages it back and, under tf.distribute,
+        # divides it by the replica count (which it never does for a scalar loss)
+        return total * ops.ones_like(valid[:, 0, 0])
 
     def get_config(self):
         return {**super().get_config(), "kind": self.kind}
@@ -210,7 +212,7 @@ def gallery(path, split, examples, pred_masks, per_image_dice, n=4):
 def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None, warmup_epochs=None,
           batch_size=None, lr=None, finetune_factor=0.25, weights="imagenet", backbone="mobilenetv2", loss="ce+dice",
           val_fraction=0.2, patience=12, time_limit=None, width=16, seed=0, resume=False, overwrite=False,
-          verbose=None):
+          strategy="auto", mixed_precision="auto", jit="auto", verbose=None):
     """Train a segmenter and write its run folder. Returns (best model, history dict)."""
     if model not in DEFAULTS:
         raise common.UserError(f"unknown --model {model!r}; choose unet or mobilenetv2_unet")
@@ -223,6 +225,9 @@ def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None,
     if img_size % STRIDE:
         raise common.UserError(f"--img-size must be a multiple of {STRIDE}, not {img_size}")
     verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
+    jit_compile = common.jit_flag(jit)
+    strategy, devices = common.setup_devices(strategy, mixed_precision, batch_size, lr)
+    batch_size, lr = devices["global_batch_size"], devices["lr"]
     with common.run_folder(out, resume, overwrite) as state:
         keras.utils.set_random_seed(seed)
 
@@ -235,7 +240,7 @@ def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None,
               flush=True)
         config = dict(task="segmentation", model=model, backbone=None if model == "unet" else backbone,
                       img_size=img_size, fit="pad", data=split.root, seed=seed, val_fraction=val_fraction,
-                      loss=loss, classes=list(CLASSES), val_ids=list(val_split.ids))
+                      loss=loss, devices=devices, classes=list(CLASSES), val_ids=list(val_split.ids))
         common.write_json(os.path.join(out, "config.json"), config)
 
         train_examples = common.load_examples(train_split) if common.cache_fits(split) else None
@@ -244,12 +249,13 @@ def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None,
                                        target="mask", scale=(0.5, 1.5))
         val_ds = common.make_dataset(val_split, val_examples, img_size, batch_size, target="mask")
 
-        if resume:
-            net = common.resume_model(out, state)
-        elif model == "unet":
-            net = build_unet(None, width)
-        else:
-            net = build_transfer_unet(None, backbone, weights)
+        with strategy.scope():
+            if resume:
+                net = common.resume_model(out, state)
+            elif model == "unet":
+                net = build_unet(None, width)
+            else:
+                net = build_transfer_unet(None, backbone, weights)
         encoder = next((layer for layer in net.layers if isinstance(layer, keras.Model)), None)
 
         def prepare(stage):
@@ -257,10 +263,11 @@ def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None,
                 if encoder is not None:
                     common.set_backbone_trainable(encoder, None if stage == 1 else common.BACKBONES[backbone][1])
                     print(f"encoder {'frozen' if stage == 1 else 'unfrozen from its top stage'}", flush=True)
-                net.compile(optimizer=keras.optimizers.AdamW(stage_lr, weight_decay=1e-4), loss=SegLoss(loss),
-                            metrics=[keras.metrics.MeanIoU(NUM_CLASSES + 1, ignore_class=VOID, sparse_y_pred=False,
-                                                           name="miou"),
-                                     common.MaskDice(name="dice")])
+                with strategy.scope():
+                    net.compile(optimizer=keras.optimizers.AdamW(stage_lr, weight_decay=1e-4), loss=SegLoss(loss),
+                                metrics=[keras.metrics.MeanIoU(NUM_CLASSES + 1, ignore_class=VOID,
+                                                               sparse_y_pred=False, name="miou"),
+                                         common.MaskDice(name="dice")], jit_compile=jit_compile)
             return compile_for
 
         stages = [(epochs, lr, prepare(1))] if model == "unet" else \
@@ -312,6 +319,7 @@ def main(argv=None):
     p.add_argument("--time-limit", type=float, help="stop training after this many minutes")
     p.add_argument("--width", type=int, default=16, help="U-Net: filters at full resolution (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    common.add_device_args(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
