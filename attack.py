@@ -148,15 +148,15 @@ class Goal:
 
     def loss(self, outputs, reference):
         """Per-image attack loss (lower = closer to the goal)."""
-        eps = 1e-6
+        eps = 1e-12  # float32 sigmoid outputs go far below 1e-6; a clip there would stop their gradient
         if self.name == "cls_targeted":
-            p = tf.clip_by_value(outputs, eps, 1 - eps)
+            p = tf.clip_by_value(outputs, eps, 1 - 1e-7)  # (1 - 1e-12 rounds to 1 in float32)
             want = tf.one_hot(self.t, NUM_CLASSES)
             keep = tf.where(want > 0, 1.0, reference)  # the target on, every other label as before
             bce = -(keep * tf.math.log(p) + (1 - keep) * tf.math.log(1 - p))
             return bce[:, self.t] + self.keep_weight * tf.reduce_mean(bce * (1 - want), -1)
         if self.name == "cls_untargeted":
-            p = tf.clip_by_value(outputs, eps, 1 - eps)
+            p = tf.clip_by_value(outputs, eps, 1 - 1e-7)
             return tf.reduce_sum(-reference * tf.math.log(1 - p), -1) / tf.maximum(tf.reduce_sum(reference, -1), 1)
         ce_target = keras.losses.sparse_categorical_crossentropy(
             tf.fill(tf.shape(reference), self.t + 1), outputs, from_logits=True)

@@ -36,13 +36,15 @@ def main():
     p.add_argument("--epochs", type=int, help="override the generator epochs")
     p.add_argument("--max-train", type=int, help="use at most this many training images")
     p.add_argument("--eps", type=float, default=8.0, help="L-inf budget in levels out of 255 (default %(default)s)")
+    p.add_argument("--width", type=int, default=8, help="generator width (default %(default)s: cheap on a CPU)")
+    p.add_argument("--lr", type=float, default=3e-3, help="generator learning rate (default %(default)s)")
     args = p.parse_args()
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}"
     print(f"machine: {machine}", flush=True)
     path = os.path.join(HERE, "results", "attack_proxy.json")
     results = json.load(open(path)) if os.path.isfile(path) else {}
     for name in args.only or list(RUNS):
-        kwargs = dict(RUNS[name], eps=args.eps, max_train=args.max_train,
+        kwargs = dict(RUNS[name], eps=args.eps, max_train=args.max_train, width=args.width, lr=args.lr,
                       **({"epochs": args.epochs} if args.epochs else {}))
         t = time.time()
         metrics = attack.run(out=f"runs/bench_attack_{name}", overwrite=True, verbose=2, **kwargs)
