@@ -209,13 +209,7 @@ def train(data="demo", model="scratch", out="runs/cls", img_size=None, epochs=No
     with common.run_folder(out, resume, overwrite) as state:
         keras.utils.set_random_seed(seed)
 
-        split = common.load_split(data, "train")
-        if not split.has_labels:
-            raise common.UserError("the training split has no labels")
-        train_idx, val_idx = common.train_val_split(split.labels, val_fraction, seed)
-        train_split, val_split = split.subset(train_idx), split.subset(val_idx)
-        print(f"data: {split.root} ({split.layout}); {len(train_split)} train / {len(val_split)} val images",
-              flush=True)
+        split, train_split, val_split = common.split_for_training(data, val_fraction, seed)
         config = dict(task="classification", model=model, backbone=None if model == "scratch" else backbone,
                       img_size=img_size, fit="resize", data=split.root, seed=seed, val_fraction=val_fraction,
                       loss=loss, devices=devices, classes=list(CLASSES), val_ids=list(val_split.ids))

@@ -335,6 +335,20 @@ def train_val_split(labels, val_fraction=0.2, seed=0):
 # ----------------------------------------------------------------------------------------------
 # Input pipeline
 
+def split_for_training(data, val_fraction=0.2, seed=0, masks=False):
+    """The labelled split of `data` and its (train, validation) parts, as every training script
+    takes them; masks=True requires a mask for every image. Returns (split, train, val)."""
+    split = load_split(data, "train")
+    if masks and not split.has_masks:
+        raise UserError("the training split has no masks; segmentation needs them")
+    if not split.has_labels:
+        raise UserError("the training split has no labels")
+    train_idx, val_idx = train_val_split(split.labels, val_fraction, seed)
+    train_split, val_split = split.subset(train_idx), split.subset(val_idx)
+    print(f"data: {split.root} ({split.layout}); {len(train_split)} train / {len(val_split)} val images", flush=True)
+    return split, train_split, val_split
+
+
 def load_examples(split, indices=None, masks=True, progress=True):
     """Decode examples once into a list of uint8 (image, mask) pairs (mask None when absent).
 

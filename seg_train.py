@@ -231,13 +231,7 @@ def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None,
     with common.run_folder(out, resume, overwrite) as state:
         keras.utils.set_random_seed(seed)
 
-        split = common.load_split(data, "train")
-        if not split.has_masks:
-            raise common.UserError("the training split has no masks; segmentation needs them")
-        train_idx, val_idx = common.train_val_split(split.labels, val_fraction, seed)
-        train_split, val_split = split.subset(train_idx), split.subset(val_idx)
-        print(f"data: {split.root} ({split.layout}); {len(train_split)} train / {len(val_split)} val images",
-              flush=True)
+        split, train_split, val_split = common.split_for_training(data, val_fraction, seed, masks=True)
         config = dict(task="segmentation", model=model, backbone=None if model == "unet" else backbone,
                       img_size=img_size, fit="pad", data=split.root, seed=seed, val_fraction=val_fraction,
                       loss=loss, devices=devices, classes=list(CLASSES), val_ids=list(val_split.ids))

@@ -24,8 +24,9 @@ import cls_train  # noqa: E402
 import predict  # noqa: E402
 import seg_train  # noqa: E402
 
-TTAS = [(), ("flip",), ("flip", "scales")]
-RULESETS = [(), ("drop",), ("add",), ("small",), ("agree",), ("drop", "small")]
+CLS_TTAS = [(), ("cls-flip",)]
+SEG_TTAS = [(), ("seg-flip",), ("seg-flip", "scales")]
+RULESETS = [(), ("drop",), ("add",), ("small",), ("agree",), ("drop", "agree"), ("drop", "small")]
 
 
 def main():
@@ -34,8 +35,8 @@ def main():
     p.add_argument("--cls", default="runs/bench_cls_mobilenetv2")
     p.add_argument("--seg", default="runs/bench_seg_mobilenetv2_unet")
     p.add_argument("--out", default="runs/bench_predict")
-    p.add_argument("--test-tta", default="flip", help="TTA for the test submission (default %(default)s)")
-    p.add_argument("--test-fuse", default="", help="fusion rules for the test submission (default none)")
+    p.add_argument("--test-tta", default="seg-flip", help="TTA for the test submission (default %(default)s)")
+    p.add_argument("--test-fuse", default="drop", help="fusion rules for the test submission (default %(default)s)")
     args = p.parse_args()
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}"
     print(f"machine: {machine}; data {args.data}; cls {args.cls}; seg {args.seg}", flush=True)
@@ -47,26 +48,26 @@ def main():
     truth = predict.solution_for(val, "val", args.out)
     examples = common.load_examples(val, masks=False)
     images = [im for im, _ in examples]
+    cls_probs = {tta: cls_train.predict_probs(cls_model, val, examples, cls_config, flip=bool(tta))
+                 for tta in CLS_TTAS}
     rows = []
-    for tta in TTAS:
-        t = time.time()
-        cls_probs = cls_train.predict_probs(cls_model, val, examples, cls_config, flip="flip" in tta)
-        scales = (0.75, 1.0, 1.25) if "scales" in tta else (1.0,)
-        results = {rules: ([], []) for rules in RULESETS}
+    for seg_tta in SEG_TTAS:
+        scales = (0.75, 1.0, 1.25) if "scales" in seg_tta else (1.0,)
+        results = {(cls_tta, rules): ([], []) for cls_tta in CLS_TTAS for rules in RULESETS}
         for i, seg_probs in enumerate(seg_train.segment(seg_model, images, seg_config["img_size"], scales,
-                                                        "flip" in tta)):
-            for rules, (labels, masks) in results.items():
-                y, m = predict.fuse(cls_probs[i], thresholds, seg_probs, rules)
+                                                        "seg-flip" in seg_tta)):
+            for (cls_tta, rules), (labels, masks) in results.items():
+                y, m = predict.fuse(cls_probs[cls_tta][i], thresholds, seg_probs, rules)
                 labels.append(y)
                 masks.append(m)
-        seconds = time.time() - t
-        for rules, (labels, masks) in results.items():
-            name = "+".join(tta) or "none", "+".join(rules) or "none"
-            path = common.write_submission(os.path.join(args.out, f"val_tta-{name[0]}_fuse-{name[1]}.csv"),
+        for (cls_tta, rules), (labels, masks) in results.items():
+            tta = "+".join(cls_tta + seg_tta) or "none"
+            fuse = "+".join(rules) or "none"
+            path = common.write_submission(os.path.join(args.out, f"val_tta-{tta}_fuse-{fuse}.csv"),
                                            val.ids, labels, masks)
             s = common.score_submission(path, truth)
-            rows.append(dict(tta=name[0], fuse=name[1], seconds=round(seconds, 1), **s))
-            print(f"tta {name[0]:12s} fuse {name[1]:10s} classification {s['classification']:.4f}  "
+            rows.append(dict(tta=tta, fuse=fuse, **s))
+            print(f"tta {tta:24s} fuse {fuse:10s} classification {s['classification']:.4f}  "
                   f"segmentation {s['segmentation']:.4f}  joint {s['score']:.4f}", flush=True)
 
     items = lambda s: tuple(x for x in s.split(",") if x and x != "none")  # noqa: E731

@@ -35,6 +35,7 @@ import tensorflow as tf  # noqa: E402
 import cls_train  # noqa: E402
 import predict  # noqa: E402
 import seg_train  # noqa: E402
+from tests.conftest import template_rle_encode  # noqa: E402  (the template's function, verbatim)
 
 PROXY = os.path.join(ROOT, "..", "shared", "proxy")
 
@@ -164,15 +165,6 @@ def part_predict(n=48):
                end_to_end_ips=n / end_to_end)
     print(f"| {n} | {end_to_end:.1f} | {forward:.1f} | {forward / end_to_end:.3f} |", flush=True)
     return row
-
-
-def template_rle_encode(img):
-    """The competition template's _rle_encode, verbatim."""
-    pixels = img.flatten()
-    pixels = np.concatenate([[0], pixels, [0]])
-    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
-    runs[1::2] -= runs[::2]
-    return " ".join(str(x) for x in runs)
 
 
 def part_rle(repeats=20):

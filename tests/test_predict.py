@@ -76,6 +76,7 @@ def test_wrong_inputs_give_one_line_errors(demo_dir, tiny_runs, tmp_path, capsys
         (["--cls", tiny_runs[0], "--seg", tiny_runs[0]], "holds a classification model, not a segmentation"),
         (["--cls", str(tmp_path), "--seg", tiny_runs[1]], "not a finished run folder"),
         (["--cls", tiny_runs[0], "--seg", tiny_runs[1], "--fuse", "magic"], "unknown --fuse rule"),
+        (["--cls", tiny_runs[0], "--seg", tiny_runs[1], "--tta", "mirror"], "unknown --tta item"),
         (["--cls", tiny_runs[0], "--seg", tiny_runs[1], "--scales", "1,x", "--tta", "scales"], "--scales"),
     ]
     for extra, message in cases:
