@@ -163,13 +163,12 @@ def segment(model, images, img_size, scales=(1.0,), flip=False, batch_size=8):
                 nh, nw = max(1, round(h * s)), max(1, round(w * s))
                 canvas[j, :nh, :nw] = tf.image.resize(im.astype(np.float32), (nh, nw)).numpy()
                 boxes.append((nh, nw))
-            views = [(canvas, False)] + ([(canvas[:, :, ::-1], True)] if flip else [])
-            for x, flipped in views:
-                probs = keras.ops.convert_to_numpy(keras.ops.softmax(model.predict_on_batch(x), axis=-1))
-                if flipped:
-                    probs = probs[:, :, ::-1]
-                for j, (nh, nw) in enumerate(boxes):
-                    total[j] += tf.image.resize(probs[j, :nh, :nw], chunk[j].shape[:2]).numpy()
+            probs = keras.ops.convert_to_numpy(keras.ops.softmax(model.predict_on_batch(canvas), axis=-1))
+            if flip:  # summed at canvas size: resizing is linear, so one resize serves both views
+                mirrored = model.predict_on_batch(canvas[:, :, ::-1])
+                probs += keras.ops.convert_to_numpy(keras.ops.softmax(mirrored, axis=-1))[:, :, ::-1]
+            for j, (nh, nw) in enumerate(boxes):
+                total[j] += tf.image.resize(probs[j, :nh, :nw], chunk[j].shape[:2]).numpy()
         for t in total:
             yield t / (len(scales) * (2 if flip else 1))
 
