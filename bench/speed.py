@@ -31,6 +31,7 @@ import common  # noqa: E402,I001
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from PIL import Image  # noqa: E402
 
 import cls_train  # noqa: E402
 import predict  # noqa: E402
@@ -169,8 +170,9 @@ def part_predict(n=48):
 
 def part_rle(repeats=20):
     split = common.load_split(PROXY, "train")
-    masks = [common.read_example(split, i)[1] for i in range(40)]
-    mask = next(m for m in masks if m.shape == (375, 500) and len(np.unique(m)) > 3)
+    masks = (common.read_example(split, i)[1] for i in range(len(split)))
+    mask = next(m for m in masks if len(np.unique(m)) > 3)  # a real mask with several classes,
+    mask = np.asarray(Image.fromarray(mask).resize((500, 375), Image.NEAREST))  # at the VOC size
     stack = common.seg_stack(mask)
     assert stack.shape == (20, 375, 500)
     mine = common.rle_encode(stack)

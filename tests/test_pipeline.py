@@ -68,7 +68,7 @@ def test_augmentation_keeps_image_and_mask_aligned():
     image = np.stack([mask * 10, np.full_like(mask, 50), np.arange(120, dtype=np.uint8)[None].repeat(90, 0)], -1)
     for s in range(25):
         x, m = common.augment(tf.constant(image, tf.float32), tf.constant(mask), 64,
-                              tf.constant([s, 1], tf.int64), scale=(0.5, 1.6), jitter=False)
+                              tf.constant([s, 1], tf.int64), scale=(0.5, 1.6))
         x, m = x.numpy(), m.numpy()
         valid = m != 255
         interior = valid.copy()  # pixels whose 3x3 neighbourhood has one label
@@ -89,7 +89,7 @@ def test_augmentation_flips_both(demo_train):
     flipped = 0
     for s in range(12):
         x, m = common.augment(tf.constant(image, tf.float32), tf.constant(mask), 32,
-                              tf.constant([s, 0], tf.int64), scale=(1.0, 1.0), jitter=False)
+                              tf.constant([s, 0], tf.int64), scale=(1.0, 1.0))
         x, m = x.numpy(), m.numpy()
         left = m[:, 0].mean() == 5
         assert left == (x[:, 0, 0].mean() > 200)
@@ -97,15 +97,21 @@ def test_augmentation_flips_both(demo_train):
     assert 0 < flipped < 12
 
 
-def test_colour_jitter_changes_image_not_mask_or_padding():
+def test_colour_jitter_changes_images_not_padding():
     image = np.full((40, 20, 3), 100, np.uint8)
     mask = np.full((40, 20), 7, np.uint8)
     x, m = common.augment(tf.constant(image, tf.float32), tf.constant(mask), 40,
                           tf.constant([3, 3], tf.int64), scale=(1.0, 1.0), flip=False)
-    x, m = x.numpy(), m.numpy()
+    batch = tf.stack([x, x, x])
+    jittered = common.colour_jitter(batch, tf.constant([3, 3], tf.int64)).numpy()
+    m = m.numpy()
     assert set(np.unique(m)) == {7, 255}
-    assert np.allclose(x[m == 255], common.PAD_VALUE)
-    assert not np.allclose(x[m == 7], 100)
+    assert np.allclose(jittered[:, m == 255], common.PAD_VALUE)  # padding untouched
+    assert not np.allclose(jittered[:, m == 7], 100)  # the image changed
+    assert not np.allclose(jittered[0], jittered[1])  # each image of the batch its own way
+    assert jittered.min() >= 0 and jittered.max() <= 255
+    again = common.colour_jitter(batch, tf.constant([3, 3], tf.int64)).numpy()
+    np.testing.assert_array_equal(jittered, again)  # deterministic for a seed
 
 
 def test_pipeline_is_deterministic_for_a_seed(demo_train):
