@@ -33,10 +33,11 @@ TRANSFER = {
 }
 
 
-def run(data="demo", out="runs/all", transfer=False, overwrite=False, verbose=2):
-    """Run every stage into `out` and return the summary numbers."""
+def run(data="demo", out="runs/all", transfer=False, overwrite=False, verbose=2, plan=None):
+    """Run every stage into `out` and return the summary numbers. `plan` overrides the arguments
+    of the stages (a dict like QUICK)."""
     with common.run_folder(out, overwrite=overwrite, progress=os.path.join("cls", "metrics.json")):
-        plan = TRANSFER if transfer else QUICK
+        plan = plan or (TRANSFER if transfer else QUICK)
         t0 = time.time()
         times = {}
 
