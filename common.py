@@ -19,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence TF's C++ start-up chatter
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # silence TF C++ chatter (and the cuInit error without a GPU)
 
 import keras
 import numpy as np
