@@ -36,7 +36,7 @@ def main():
     p.add_argument("--seg", default="runs/bench_seg_mobilenetv2_unet")
     p.add_argument("--out", default="runs/bench_predict")
     p.add_argument("--test-tta", default="seg-flip", help="TTA for the test submission (default %(default)s)")
-    p.add_argument("--test-fuse", default="drop,agree",
+    p.add_argument("--test-fuse", default="drop",
                    help="fusion rules for the test submission (default %(default)s)")
     args = p.parse_args()
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}"
