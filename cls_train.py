@@ -228,7 +228,7 @@ def train(data="demo", model="scratch", out="runs/cls", img_size=None, epochs=No
                 net = build_scratch(img_size, width)
             else:
                 net = build_transfer(img_size, backbone, weights)
-        base = next((layer for layer in net.layers if isinstance(layer, keras.Model)), None)  # the backbone
+        base = common.backbone_of(net)
         pos_weight = positive_weights(train_split.labels) if balance else None
 
         def prepare(stage):

@@ -1172,6 +1172,11 @@ def make_backbone(name, size, weights="imagenet"):
     return base, preprocess
 
 
+def backbone_of(net):
+    """The pretrained backbone nested in a model (its keras.Model layer), or None for a scratch model."""
+    return next((layer for layer in net.layers if isinstance(layer, keras.Model)), None)
+
+
 def set_backbone_trainable(base, from_layer=None):
     """Freeze the backbone, or unfreeze it from `from_layer` upwards. BatchNorm layers stay frozen
     (and the backbone is always called with training=False), so their statistics never move."""

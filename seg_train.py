@@ -249,7 +249,7 @@ def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None,
                 net = build_unet(None, width)
             else:
                 net = build_transfer_unet(None, backbone, weights)
-        encoder = next((layer for layer in net.layers if isinstance(layer, keras.Model)), None)
+        encoder = common.backbone_of(net)
 
         def prepare(stage):
             def compile_for(stage_lr):
