@@ -7,6 +7,7 @@ Command line:
 """
 
 import argparse
+import concurrent.futures
 import contextlib
 import csv
 import glob
@@ -356,14 +357,18 @@ def load_examples(split, indices=None, masks=True, progress=True):
     reported by id.
     """
     indices = range(len(split)) if indices is None else indices
-    out, t0 = [], time.time()
-    for k, i in enumerate(indices):
+
+    def decode(i):
         if masks:
-            out.append(read_example(split, i))
-        else:
-            out.append((read_image(split.image_paths[i], f"{split.name} id {split.ids[i]}"), None))
-        if progress and time.time() - t0 > 5 and k % 100 == 0:
-            print(f"  decoded {k + 1}/{len(indices)} {split.name} images", flush=True)
+            return read_example(split, i)
+        return read_image(split.image_paths[i], f"{split.name} id {split.ids[i]}"), None
+
+    out, t0 = [], time.time()
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:  # Pillow decodes outside the GIL
+        for k, example in enumerate(pool.map(decode, indices)):
+            out.append(example)
+            if progress and time.time() - t0 > 5 and k % 100 == 0:
+                print(f"  decoded {k + 1}/{len(indices)} {split.name} images", flush=True)
     return out
 
 
@@ -450,10 +455,22 @@ def colour_jitter(images, seed):
     return tf.where(pad, images, tf.clip_by_value(x, 0.0, 255.0))
 
 
+def repeat_factors(labels, threshold=0.1):
+    """Repeat-factor sampling (LVIS, Gupta et al. 2019): an image is shown
+    round(max(1, max over its classes c of sqrt(threshold / f_c))) times an epoch, f_c the
+    fraction of images containing c, so classes in fewer than `threshold` of the images are seen
+    more often without dropping any image. labels: (N, 20) with 1 = present."""
+    present = np.asarray(labels) > 0
+    freq = np.maximum(present.mean(0), 1e-12)
+    per_class = np.maximum(1.0, np.sqrt(threshold / freq))
+    return np.round(np.max(np.where(present, per_class, 1.0), axis=1)).astype(np.int64)
+
+
 def make_dataset(split, examples, size, batch_size, training=False, seed=0, target="labels",
-                 scale=(0.75, 1.25), fit="pad", flip=True, jitter=True, repeat=False):
+                 scale=(0.75, 1.25), fit="pad", flip=True, jitter=True, repeat=False, repeats=None):
     """tf.data pipeline over decoded uint8 examples (from load_examples, same order as split),
     or, with examples=None (data too large to cache), decoding from disk every epoch.
+    repeats: per-example counts an epoch (repeat_factors); default once each.
 
     Yields (images float32 [0,255] of shape (B,size,size,3), target) with target:
     'labels' -> (B,20) float32, 'mask' -> (B,size,size) int32 with 255 = void,
@@ -485,9 +502,10 @@ def make_dataset(split, examples, size, batch_size, training=False, seed=0, targ
         out = {"labels": y, "mask": mask}
         return image, (out if target == "both" else out[target])
 
-    index = tf.data.Dataset.range(n)
+    order = np.arange(n) if repeats is None else np.repeat(np.arange(n), repeats)
+    index = tf.data.Dataset.from_tensor_slices(order)
     if training:
-        index = index.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        index = index.shuffle(len(order), seed=seed, reshuffle_each_iteration=True)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     ds = tf.data.Dataset.zip((index, seeds)).map(load, num_parallel_calls=tf.data.AUTOTUNE)
     if repeat:
@@ -803,8 +821,10 @@ class LabelDice(keras.metrics.Metric):
 
 @keras.saving.register_keras_serializable("voc")
 class MaskDice(LabelDice):
-    """Training metric: mean per-image competition segmentation Dice (the 20-class stack) of
-    argmax predictions (B,H,W,21) against label maps (B,H,W) with 255 = void."""
+    """Training metric: mean per-image segmentation Dice (the 20-class stack) of argmax
+    predictions (B,H,W,21) against label maps (B,H,W) with 255 = void. Unlike the competition's
+    score, predictions on void pixels do not count: on training canvases void is mostly the
+    padding around the image, which prediction crops away (seg_metrics gives the exact score)."""
 
     def __init__(self, name="dice", **kwargs):
         kwargs.pop("threshold", None)
@@ -815,7 +835,7 @@ class MaskDice(LabelDice):
         t = keras.ops.cast(y_true, "int32")
         p = keras.ops.cast(keras.ops.argmax(y_pred, axis=-1), "int32")
         t_obj = keras.ops.cast((t >= 1) & (t <= NUM_CLASSES), "float32")
-        p_obj = keras.ops.cast(p >= 1, "float32")
+        p_obj = keras.ops.cast((p >= 1) & (t != VOID), "float32")
         hit = t_obj * p_obj * keras.ops.cast(p == t, "float32")
         axes = (1, 2)
         self._add(keras.ops.sum(hit, axes), keras.ops.sum(p_obj, axes) + keras.ops.sum(t_obj, axes))

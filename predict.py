@@ -36,13 +36,14 @@ RULES = ("drop", "add", "small", "agree")
 TTA = ("seg-flip", "cls-flip", "flip", "scales")
 
 
-def fuse(cls_probs, thresholds, seg_probs, rules=(), drop_below=0.05, add_area=0.05, min_area=0.002):
+def fuse(cls_probs, thresholds, seg_probs, rules=(), drop_below=0.05, add_area=0.05, min_area=0.002, size=None):
     """One image's final (labels (20,) int8, label map (H, W) uint8) from classifier
-    probabilities (20,) and segmenter probabilities (H, W, 21), applying the chosen rules."""
+    probabilities (20,) and segmenter probabilities (h, w, 21) (resized to size=(H, W), default
+    their own size), applying the chosen rules."""
     allowed = np.ones(NUM_CLASSES + 1, bool)
     if "drop" in rules:
         allowed[1:] &= cls_probs >= drop_below
-    mask = np.where(allowed[None, None], seg_probs, -1).argmax(-1).astype(np.uint8)
+    mask = seg_train.label_map(seg_probs, seg_probs.shape[:2] if size is None else size, allowed)
     area = np.bincount(mask.ravel(), minlength=NUM_CLASSES + 1)[1:] / mask.size
     if "small" in rules:
         tiny = np.flatnonzero((area > 0) & (area < min_area)) + 1
@@ -84,7 +85,8 @@ def run(data=None, cls="runs/cls", seg="runs/seg", out="runs/predict", split="te
         labels, masks = [], []
         for i, seg_probs in enumerate(seg_train.segment(seg_model, images, seg_config["img_size"], seg_scales,
                                                         seg_flip, batch_size)):
-            y, m = fuse(cls_probs[i], thresholds, seg_probs, fuse_rules, drop_below, add_area, min_area)
+            y, m = fuse(cls_probs[i], thresholds, seg_probs, fuse_rules, drop_below, add_area, min_area,
+                        size=images[i].shape[:2])
             labels.append(y)
             masks.append(m)
             if (i + 1) % 100 == 0:

@@ -144,38 +144,62 @@ def canvas_size(img_size, scale):
 
 
 def segment(model, images, img_size, scales=(1.0,), flip=False, batch_size=8):
-    """Yield per-pixel class probabilities (H, W, 21) at each image's original size.
+    """Yield per-pixel class probabilities of each image on its network grid: the image resized so
+    its longer side is img_size (label_map takes them to the original size).
 
-    Each image is resized so its longer side is img_size * scale, padded to a square canvas that
-    is a multiple of the network stride, run through the model (also flipped, if asked), cropped
-    back and resized to the original size; scales and flips are averaged in probability space.
+    At each scale the image is resized so its longer side is img_size * scale and padded to a
+    square canvas that is a multiple of the network stride; the model sees the batch (and its
+    mirror, with flip) in one compiled call; the crops are averaged in probability space.
     """
+    @tf.function(reduce_retracing=True)
+    def probabilities(canvas):
+        x = tf.concat([canvas, canvas[:, :, ::-1]], 0) if flip else canvas
+        p = tf.nn.softmax(tf.cast(model(x, training=False), tf.float32), axis=-1)
+        return (p[:batch_size] + p[batch_size:, :, ::-1]) / 2 if flip else p
+
     for k in range(0, len(images), batch_size):
         chunk = images[k:k + batch_size]
-        total = [np.zeros(im.shape[:2] + (NUM_CLASSES + 1,), np.float32) for im in chunk]
+        grids = [grid_size(im.shape[:2], img_size) for im in chunk]
+        total = None
         for scale in scales:
             size = canvas_size(img_size, scale)
             # always a full batch (the last one padded with blank canvases): one trace per scale
             boxes, canvas = [], np.full((batch_size, size, size, 3), common.PAD_VALUE, np.float32)
             for j, im in enumerate(chunk):
-                h, w = im.shape[:2]
-                s = img_size * scale / max(h, w)
-                nh, nw = max(1, round(h * s)), max(1, round(w * s))
+                nh, nw = grid_size(im.shape[:2], img_size * scale)
                 canvas[j, :nh, :nw] = tf.image.resize(im.astype(np.float32), (nh, nw)).numpy()
                 boxes.append((nh, nw))
-            probs = keras.ops.convert_to_numpy(keras.ops.softmax(model.predict_on_batch(canvas), axis=-1))
-            if flip:  # summed at canvas size: resizing is linear, so one resize serves both views
-                mirrored = model.predict_on_batch(canvas[:, :, ::-1])
-                probs += keras.ops.convert_to_numpy(keras.ops.softmax(mirrored, axis=-1))[:, :, ::-1]
-            for j, (nh, nw) in enumerate(boxes):
-                total[j] += tf.image.resize(probs[j, :nh, :nw], chunk[j].shape[:2]).numpy()
+            probs = probabilities(canvas).numpy()
+            crops = [probs[j, :nh, :nw] for j, (nh, nw) in enumerate(boxes)]
+            crops = [c if c.shape[:2] == g else tf.image.resize(c, g).numpy() for c, g in zip(crops, grids)]
+            total = crops if total is None else [t + c for t, c in zip(total, crops)]
         for t in total:
-            yield t / (len(scales) * (2 if flip else 1))
+            yield t / len(scales) if len(scales) > 1 else t
+
+
+def grid_size(hw, longer_side):
+    """(h, w) scaled so the longer side is `longer_side` (each at least 1 pixel)."""
+    s = longer_side / max(hw)
+    return max(1, round(hw[0] * s)), max(1, round(hw[1] * s))
+
+
+@tf.function(reduce_retracing=True)
+def _label_map(probs, size, allowed):
+    up = tf.image.resize(probs, size)
+    return tf.cast(tf.argmax(tf.where(allowed, up, -1.0), axis=-1), tf.uint8)
+
+
+def label_map(probs, size, allowed=None):
+    """uint8 label map of the given (H, W) size: probabilities (h, w, 21) resized bilinearly, then
+    the most probable class among `allowed` (a bool per class; default all)."""
+    allowed = np.ones(NUM_CLASSES + 1, bool) if allowed is None else np.asarray(allowed, bool)
+    return _label_map(tf.constant(probs, tf.float32), tf.constant(size[:2], tf.int32), tf.constant(allowed)).numpy()
 
 
 def predict_masks(model, images, img_size, scales=(1.0,), flip=False, batch_size=8):
     """uint8 label maps (0 background, 1..20) at each image's original size."""
-    return [p.argmax(-1).astype(np.uint8) for p in segment(model, images, img_size, scales, flip, batch_size)]
+    probs = segment(model, images, img_size, scales, flip, batch_size)
+    return [label_map(p, im.shape[:2]) for p, im in zip(probs, images)]
 
 
 def seg_metrics(pred_masks, true_masks):
@@ -210,8 +234,8 @@ def gallery(path, split, examples, pred_masks, per_image_dice, n=4):
 
 def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None, warmup_epochs=None,
           batch_size=None, lr=None, finetune_factor=0.25, weights="imagenet", backbone="mobilenetv2", loss="ce+dice",
-          val_fraction=0.2, patience=12, time_limit=None, width=16, seed=0, resume=False, overwrite=False,
-          strategy="auto", mixed_precision="auto", jit="auto", verbose=None):
+          val_fraction=0.2, balance=False, patience=12, time_limit=None, width=16, seed=0, resume=False,
+          overwrite=False, strategy="auto", mixed_precision="auto", jit="auto", verbose=None):
     """Train a segmenter and write its run folder. Returns (best model, history dict)."""
     if model not in DEFAULTS:
         raise common.UserError(f"unknown --model {model!r}; choose unet or mobilenetv2_unet")
@@ -233,13 +257,14 @@ def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None,
         split, train_split, val_split = common.split_for_training(data, val_fraction, seed, masks=True)
         config = dict(task="segmentation", model=model, backbone=None if model == "unet" else backbone,
                       img_size=img_size, fit="pad", data=split.root, seed=seed, val_fraction=val_fraction,
-                      loss=loss, devices=devices, classes=list(CLASSES), val_ids=list(val_split.ids))
+                      loss=loss, balance=balance, devices=devices, classes=list(CLASSES), val_ids=list(val_split.ids))
         common.write_json(os.path.join(out, "config.json"), config)
 
         train_examples = common.load_examples(train_split) if common.cache_fits(split) else None
         val_examples = common.load_examples(val_split)
         train_ds = common.make_dataset(train_split, train_examples, img_size, batch_size, training=True, seed=seed,
-                                       target="mask", scale=(0.5, 1.5))
+                                       target="mask", scale=(0.5, 1.5),
+                                       repeats=common.repeat_factors(train_split.labels) if balance else None)
         val_ds = common.make_dataset(val_split, val_examples, img_size, batch_size, target="mask")
 
         with strategy.scope():
@@ -308,6 +333,8 @@ def main(argv=None):
                    help="encoder of the transfer U-Net (default %(default)s)")
     p.add_argument("--loss", default="ce+dice", choices=["ce", "dice", "ce+dice"], help="default %(default)s")
     p.add_argument("--val-fraction", type=float, default=0.2, help="default %(default)s")
+    p.add_argument("--balance", action="store_true",
+                   help="repeat images of rare classes within an epoch (repeat-factor sampling)")
     p.add_argument("--patience", type=int, default=12, help="early-stopping patience in epochs (default %(default)s)")
     p.add_argument("--time-limit", type=float, help="stop training after this many minutes")
     p.add_argument("--width", type=int, default=16, help="U-Net: filters at full resolution (default %(default)s)")

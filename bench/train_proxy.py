@@ -24,7 +24,8 @@ RUNS = {
     "cls_mobilenetv2": (cls_train, dict(model="mobilenetv2", img_size=224, epochs=20, warmup_epochs=5, batch_size=16),
                         30),
     "cls_scratch": (cls_train, dict(model="scratch", img_size=128, epochs=25, batch_size=32), 30),
-    "seg_mobilenetv2_unet": (seg_train, dict(model="mobilenetv2_unet", img_size=256, epochs=28, warmup_epochs=8), 55),
+    "seg_mobilenetv2_unet": (seg_train, dict(model="mobilenetv2_unet", img_size=256, epochs=30, warmup_epochs=6,
+                                             balance=True), 58),
     "seg_unet": (seg_train, dict(model="unet", img_size=160, epochs=35), 55),
 }
 

@@ -147,3 +147,19 @@ def test_segmentation_target_needs_masks(demo_dir):
         common.make_dataset(test, examples, 32, 2, target="mask")
     x, _ = next(iter(common.make_dataset(test, examples, 32, 2, target="labels")))
     assert x.shape == (2, 32, 32, 3)
+
+
+def test_repeat_factor_sampling(demo_train):
+    labels = np.zeros((10, 20))
+    labels[:, 0] = 1
+    labels[3, 5] = 1  # class 5 in 1 of 10 images: sqrt(0.4 / 0.1) = 2 showings
+    labels[4, 7] = -1  # unknown labels count as absent
+    np.testing.assert_array_equal(common.repeat_factors(labels, threshold=0.4), [1, 1, 1, 2, 1, 1, 1, 1, 1, 1])
+
+    split, examples = demo_train
+    repeats = np.ones(len(split), np.int64)
+    repeats[2] = 3
+    ds = common.make_dataset(split, examples, 32, 1, target="labels", repeats=repeats)
+    seen = np.concatenate([y for _, y in batches(ds)])
+    assert len(seen) == len(split) + 2
+    assert sum(np.array_equal(row, split.labels[2]) for row in seen) >= 3

@@ -33,7 +33,7 @@ def test_score_of_perfect_predictions_is_one(demo_dir, tiny_runs, tmp_path, monk
         truth[("val", i)] = common.read_example(train, k)[1]
     order = iter([])
 
-    def perfect(cls_probs, thresholds, seg_probs, *args):
+    def perfect(cls_probs, thresholds, seg_probs, *args, **kwargs):
         key = next(order)
         mask = truth[key].copy()
         mask[mask == 255] = 0
