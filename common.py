@@ -384,20 +384,20 @@ PAD_VALUE = 114.0  # image padding: mid-gray, so padding is neither black nor a 
 
 
 def _place(image, mask, size, offset, new_hw):
-    """Resize image (bilinear) and mask (nearest) to new_hw, then crop/pad into a size x size
-    canvas at offset (negative offset = image starts inside the canvas)."""
+    """Resize image (bilinear, to float32) and mask (nearest; None: no mask) to new_hw, then
+    crop/pad into a size x size canvas at offset (negative offset = image starts inside it)."""
     image = tf.image.resize(image, new_hw, method="bilinear")
-    mask = tf.image.resize(mask[:, :, None], new_hw, method="nearest")[:, :, 0]
     oy, ox = offset[0], offset[1]
     y0, x0 = tf.maximum(oy, 0), tf.maximum(ox, 0)
     image = image[y0:y0 + size, x0:x0 + size]
-    mask = mask[y0:y0 + size, x0:x0 + size]
     h, w = tf.shape(image)[0], tf.shape(image)[1]
     top, left = tf.maximum(-oy, 0), tf.maximum(-ox, 0)
     pads = [[top, size - h - top], [left, size - w - left]]
-    image = tf.pad(image, pads + [[0, 0]], constant_values=PAD_VALUE)
-    mask = tf.pad(mask, pads, constant_values=VOID)
-    return tf.ensure_shape(image, (size, size, 3)), tf.ensure_shape(mask, (size, size))
+    image = tf.ensure_shape(tf.pad(image, pads + [[0, 0]], constant_values=PAD_VALUE), (size, size, 3))
+    if mask is not None:
+        mask = tf.image.resize(mask[:, :, None], new_hw, method="nearest")[y0:y0 + size, x0:x0 + size, 0]
+        mask = tf.ensure_shape(tf.pad(mask, pads, constant_values=VOID), (size, size))
+    return image, mask
 
 
 def fit_to_size(image, mask, size, fit="pad"):
@@ -432,7 +432,8 @@ def augment(image, mask, size, seed, scale=(0.75, 1.25), fit="pad", flip=True):
     if flip:
         do_flip = tf.random.stateless_uniform([], seeds[2]) < 0.5
         image = tf.cond(do_flip, lambda: image[:, ::-1], lambda: image)
-        mask = tf.cond(do_flip, lambda: mask[:, ::-1], lambda: mask)
+        if mask is not None:
+            mask = tf.cond(do_flip, lambda: mask[:, ::-1], lambda: mask)
     return image, mask
 
 
@@ -485,22 +486,26 @@ def make_dataset(split, examples, size, batch_size, training=False, seed=0, targ
 
     def fetch(i):
         image, mask = read_example(split, int(i)) if examples is None else examples[int(i)]
-        if mask is None:
-            mask = np.full(image.shape[:2], VOID, np.uint8)
-        return image, mask
+        if target == "labels":  # no mask to read, resize or crop
+            return image
+        return image, np.full(image.shape[:2], VOID, np.uint8) if mask is None else mask
 
     def load(i, s):
-        image, mask = tf.numpy_function(fetch, [i], (tf.uint8, tf.uint8), stateful=False)
-        image = tf.cast(tf.ensure_shape(image, (None, None, 3)), tf.float32)
-        mask = tf.ensure_shape(mask, (None, None))
+        if target == "labels":
+            image, mask = tf.numpy_function(fetch, [i], tf.uint8, stateful=False), None
+        else:
+            image, mask = tf.numpy_function(fetch, [i], (tf.uint8, tf.uint8), stateful=False)
+            mask = tf.ensure_shape(mask, (None, None))
+        image = tf.ensure_shape(image, (None, None, 3))  # uint8: the resize makes it float32
         if training:
             image, mask = augment(image, mask, size, s, scale, fit, flip)
         else:
             image, mask = fit_to_size(image, mask, size, fit)
-        mask = tf.cast(mask, tf.int32)
         y = tf.gather(labels, i)
-        out = {"labels": y, "mask": mask}
-        return image, (out if target == "both" else out[target])
+        if target == "labels":
+            return image, y
+        out = {"labels": y, "mask": tf.cast(mask, tf.int32)}
+        return image, (out if target == "both" else out["mask"])
 
     order = np.arange(n) if repeats is None else np.repeat(np.arange(n), repeats)
     index = tf.data.Dataset.from_tensor_slices(order)

@@ -26,7 +26,7 @@ RUNS = {
     "cls_scratch": (cls_train, dict(model="scratch", img_size=128, epochs=25, batch_size=32), 30),
     "seg_mobilenetv2_unet": (seg_train, dict(model="mobilenetv2_unet", img_size=256, epochs=30, warmup_epochs=6,
                                              balance=True), 58),
-    "seg_unet": (seg_train, dict(model="unet", img_size=160, epochs=35), 55),
+    "seg_unet": (seg_train, dict(model="unet", img_size=128, epochs=50), 58),
 }
 
 

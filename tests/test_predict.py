@@ -7,6 +7,7 @@ import numpy as np
 
 import common
 import predict
+import seg_train
 
 
 def test_predict_test_split_writes_a_valid_scored_submission(demo_dir, tiny_runs, tmp_path):
@@ -68,6 +69,22 @@ def test_fusion_rules():
     assert mask[9, 9] == 0 and (mask[:5, :5] == 3).all()
     labels, mask = predict.fuse(cls, thresholds, seg, ("agree",))
     assert set(np.unique(mask)) <= {0, 2}
+    # probabilities on a coarser grid: resized to the requested size before the argmax
+    labels, mask = predict.fuse(cls, thresholds, seg, size=(30, 20))
+    assert mask.shape == (30, 20) and mask.dtype == np.uint8
+    assert (mask[:12, :8] == 3).all() and (mask[15:24, 10:16] == 0).all() and mask[29, 19] == 7
+
+
+def test_label_map_resizes_then_takes_the_allowed_argmax():
+    probs = np.zeros((2, 2, 21), np.float32)
+    probs[:, 0, 4], probs[:, 1, 9] = 1.0, 1.0     # left column class 4, right column class 9
+    probs[:, :, 0] = 0.5
+    mask = seg_train.label_map(probs, (4, 6))
+    assert mask.shape == (4, 6) and (mask[:, :2] == 4).all() and (mask[:, -2:] == 9).all()
+    allowed = np.ones(21, bool)
+    allowed[9] = False                             # class 9 not allowed: background wins there
+    mask = seg_train.label_map(probs, (4, 6), allowed)
+    assert (mask[:, :2] == 4).all() and (mask[:, -2:] == 0).all()
 
 
 def test_wrong_inputs_give_one_line_errors(demo_dir, tiny_runs, tmp_path, capsys):
