@@ -485,9 +485,11 @@ def make_dataset(split, examples, size, batch_size, training=False, seed=0, targ
         raise UserError(f"{split.name} split has images without masks; cannot train segmentation")
 
     def fetch(i):
-        image, mask = read_example(split, int(i)) if examples is None else examples[int(i)]
-        if target == "labels":  # no mask to read, resize or crop
-            return image
+        i = int(i)
+        if target == "labels":  # no mask to read, resize or crop (as load_examples(masks=False))
+            return read_image(split.image_paths[i], f"{split.name} id {split.ids[i]}") if examples is None \
+                else examples[i][0]
+        image, mask = read_example(split, i) if examples is None else examples[i]
         return image, np.full(image.shape[:2], VOID, np.uint8) if mask is None else mask
 
     def load(i, s):

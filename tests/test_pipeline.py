@@ -138,6 +138,14 @@ def test_uncached_pipeline_gives_the_same_batches(demo_train):
     for (xa, ya), (xb, yb) in zip(cached, lazy):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya["mask"], yb["mask"])
+    # classification batches (images only, no mask read): the same from the cache and from disk
+    cached = batches(common.make_dataset(split, common.load_examples(split, masks=False), 40, 6, training=True,
+                                         seed=5, target="labels"))
+    lazy = batches(common.make_dataset(split, None, 40, 6, training=True, seed=5, target="labels"))
+    assert len(cached) == len(lazy) > 0
+    for (xa, ya), (xb, yb) in zip(cached, lazy):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
 
 
 def test_segmentation_target_needs_masks(demo_dir):
