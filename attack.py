@@ -13,8 +13,9 @@ clipped to [0, 255]. It trains with a custom train_step against the frozen targe
 and is evaluated on its validation images, which it never saw, beside FGSM and PGD-10 at the
 same budget. Attacks act on the model's input image (resized to its input size).
 
-The run folder gets generator.keras, metrics.json and panel.png (original, amplified
-perturbation, perturbed image, and the model's labels or masks before and after).
+The run folder gets generator.keras, metrics.json, log.csv and curves.png (loss, success and
+perturbation size per epoch on the training and the held-out images), and panel.png (original,
+amplified perturbation, perturbed image, and the model's labels or masks before and after).
 """
 
 import argparse
@@ -81,10 +82,18 @@ class Template(keras.layers.Layer):
 def build_generator(img_size, eps, norm="linf", width=32):
     """Encoder-decoder: the image (scaled to [0, 1]) and a 20-channel condition map in, a bounded
     perturbation (pixel units, same size as the image) out. Two stride-2 encoder steps, two
-    residual blocks, two resize-conv decoder steps with skips, plus a class-conditioned template."""
+    residual blocks, two resize-conv decoder steps with skips, plus a class-conditioned template.
+    width=0 keeps only the template and a per-pixel colour term of the image (a 1x1 convolution):
+    nearly one universal perturbation per condition, which cannot memorise training images."""
     image = keras.Input((img_size, img_size, 3), name="image")
     condition = keras.Input((img_size, img_size, NUM_CLASSES), name="condition")
-    x = keras.layers.Concatenate()([keras.layers.Rescaling(1 / 255.0)(image), condition])
+    template = Template(name="template")(condition)
+    scaled = keras.layers.Rescaling(1 / 255.0)(image)
+    if width == 0:
+        colour = keras.layers.Conv2D(3, 1, kernel_initializer="zeros", name="colour")(scaled)
+        raw = keras.layers.Add()([colour, template])
+        return keras.Model([image, condition], Bound(eps, norm, name="bound")(raw), name="perturbation_generator")
+    x = keras.layers.Concatenate()([scaled, condition])
 
     def conv(x, filters, stride=1, act=True):  # no BatchNorm: training and inference behave alike
         x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same")(x)
@@ -98,12 +107,23 @@ def build_generator(img_size, eps, norm="linf", width=32):
     x = conv(keras.layers.Concatenate()([keras.layers.UpSampling2D(interpolation="bilinear")(x), s2]), 2 * width)
     x = conv(keras.layers.Concatenate()([keras.layers.UpSampling2D(interpolation="bilinear")(x), s1]), width)
     raw = keras.layers.Conv2D(3, 3, padding="same", kernel_initializer="zeros", name="raw")(x)
-    raw = keras.layers.Add()([raw, Template(name="template")(condition)])
+    raw = keras.layers.Add()([raw, template])
     return keras.Model([image, condition], Bound(eps, norm, name="bound")(raw), name="perturbation_generator")
 
 
 def perturb(images, delta):
     return keras.ops.clip(images + delta, 0.0, 255.0)
+
+
+def shift_and_flip(images, max_shift=0.1):
+    """Training views: each image mirrored at random, the batch moved by up to `max_shift` of its
+    side (reflected at the border)."""
+    images = tf.where(tf.random.uniform((tf.shape(images)[0], 1, 1, 1)) < 0.5, images[:, :, ::-1], images)
+    size = images.shape[1]
+    pad = int(round(size * max_shift))
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+    dy, dx = tf.unstack(tf.random.uniform((2,), 0, 2 * pad + 1, tf.int32))
+    return padded[:, dy:dy + size, dx:dx + size]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,9 +206,9 @@ class GeneratorAttack(keras.Model):
     """Trains `generator` so that goal.target(x + generator(x, c)) reaches the goal; the target
     model is frozen (never in the trainable variables, always called in inference mode)."""
 
-    def __init__(self, generator, goal, lam=0.05, **kwargs):
+    def __init__(self, generator, goal, lam=0.05, augment=True, **kwargs):
         super().__init__(**kwargs)
-        self.generator, self.goal, self.lam = generator, goal, lam
+        self.generator, self.goal, self.lam, self.augment = generator, goal, lam, augment
         goal.target.trainable = False
         self.attack_loss = keras.metrics.Mean(name="attack_loss")
         self.size_loss = keras.metrics.Mean(name="size")
@@ -198,19 +218,29 @@ class GeneratorAttack(keras.Model):
         reference = self.goal.clean(images)
         return perturb(images, self.generator([images, self.goal.condition(reference)], training=False))
 
+    def losses_on(self, images, training):
+        reference = self.goal.clean(images)
+        delta = self.generator([images, self.goal.condition(reference)], training=training)
+        outputs = self.goal.target(perturb(images, delta), training=False)
+        attack = tf.reduce_mean(self.goal.loss(outputs, reference))
+        size = tf.reduce_mean(tf.square(delta / 255.0)) * 1e4  # ~ (grey levels)^2 / 6.5
+        return attack, size, self.goal.success(outputs, reference)[0]
+
     def train_step(self, data):
         images = data[0] if isinstance(data, tuple) else data
-        reference = self.goal.clean(images)
-        condition = self.goal.condition(reference)
+        if self.augment:  # new views of the same few hundred images, against memorising them
+            images = shift_and_flip(images)
         with tf.GradientTape() as tape:
-            delta = self.generator([images, condition], training=True)
-            outputs = self.goal.target(perturb(images, delta), training=False)
-            attack = tf.reduce_mean(self.goal.loss(outputs, reference))
-            size = tf.reduce_mean(tf.square(delta / 255.0)) * 1e4  # ~ (grey levels)^2 / 6.5
+            attack, size, ok = self.losses_on(images, training=True)
             loss = attack + self.lam * size
         grads = tape.gradient(loss, self.generator.trainable_variables)
         self.optimizer.apply(grads, self.generator.trainable_variables)
-        ok, _ = self.goal.success(outputs, reference)
+        return self.record(attack, size, ok)
+
+    def test_step(self, data):
+        return self.record(*self.losses_on(data[0] if isinstance(data, tuple) else data, training=False))
+
+    def record(self, attack, size, ok):
         self.attack_loss.update_state(attack)
         self.size_loss.update_state(size)
         self.success.update_state(tf.cast(ok, tf.float32))
@@ -375,7 +405,7 @@ def attack_images(config, data, held_out, exclude_class=None, limit=None):
 
 
 def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, norm="linf", lam=0.05, epochs=10,
-        batch_size=16, lr=1e-3, width=32, out="runs/attack", data=None, transfer=None, pgd_steps=10,
+        batch_size=16, lr=1e-3, width=32, augment=True, out="runs/attack", data=None, transfer=None, pgd_steps=10,
         max_train=None, max_eval=None, seed=0, overwrite=False, verbose=None):
     """Train a generator for one goal, evaluate it beside FGSM and PGD, write the run folder.
     Returns the metrics dict."""
@@ -389,6 +419,8 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, norm
             raise common.UserError(f"unknown class {target_class!r}; choose from {', '.join(CLASSES)}")
     if norm not in ("linf", "l2") or eps <= 0:
         raise common.UserError("--norm must be linf or l2 and --eps positive")
+    if width < 0 or epochs < 1:
+        raise common.UserError("--width must be 0 or more and --epochs at least 1")
     verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
     the_goal = load_target(target, goal, target_class)
     other = load_target(transfer, goal, target_class) if transfer else None
@@ -402,15 +434,20 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, norm
 
         size = the_goal.config["img_size"]
         generator = build_generator(size, eps, norm, width)
-        trainer = GeneratorAttack(generator, the_goal, lam)
+        trainer = GeneratorAttack(generator, the_goal, lam, augment)
         trainer.compile(optimizer=keras.optimizers.Adam(lr))
         weights_before = [w.copy() for w in the_goal.target.get_weights()]
         ds = (tf.data.Dataset.from_tensor_slices(train_images).shuffle(len(train_images), seed=seed)
               .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+        val_ds = tf.data.Dataset.from_tensor_slices(val_images).batch(2 * batch_size)
         t = time.time()
-        history = trainer.fit(ds, epochs=epochs, verbose=verbose,
+        history = trainer.fit(ds, epochs=epochs, verbose=verbose, validation_data=val_ds,
                               callbacks=[keras.callbacks.CSVLogger(os.path.join(out, "log.csv"))])
         train_seconds = time.time() - t
+        common.plot_curves(os.path.join(out, "log.csv"), os.path.join(out, "curves.png"),
+                           [("attack loss", ["attack_loss", "val_attack_loss"]),
+                            ("success", ["success", "val_success"]), ("perturbation size", ["size", "val_size"])],
+                           title=f"generator {goal}, training vs held-out images")
         unchanged = all(np.array_equal(a, b) for a, b in zip(weights_before, the_goal.target.get_weights()))
         common.save_model(generator, os.path.join(out, "generator.keras"))
 
@@ -428,11 +465,12 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, norm
         metrics = {"goal": goal, "target_class": target_class, "target_run": target, "transfer_run": transfer,
                    "norm": norm, "eps": eps,
                    "eps_units": "pixel levels out of 255" if norm == "linf" else "L2 in [0,1] units",
-                   "lambda": lam, "epochs": epochs, "train_images": len(train_images),
+                   "lambda": lam, "epochs": epochs, "width": width, "augment": augment,
+                   "train_images": len(train_images),
                    "held_out_images": len(val_images),
                    "train_seconds": train_seconds, "target_weights_unchanged": unchanged,
                    "target_evaluations_per_image": {"generator": 0, "fgsm": 1, f"pgd{pgd_steps}": pgd_steps},
-                   "final_train": {k: float(v[-1]) for k, v in history.history.items()}, "held_out": results}
+                   "final_epoch": {k: float(v[-1]) for k, v in history.history.items()}, "held_out": results}
         common.write_json(os.path.join(out, "metrics.json"), metrics)
         what = f"'{target_class}'" if target_class else "lose the present classes"
         panel(os.path.join(out, "panel.png"), the_goal, val_images, adv_images["generator"],
@@ -456,7 +494,11 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=10, help="generator training epochs (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--width", type=int, default=32, help="generator filters at full resolution (default %(default)s)")
+    p.add_argument("--width", type=int, default=32,
+                   help="generator filters at full resolution; 0: a universal perturbation per target (the template) "
+                        "and a colour term only (default %(default)s)")
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="train on the images as they are (default: random mirror and shift of each batch)")
     p.add_argument("--out", default="runs/attack", help="run folder (default %(default)s)")
     p.add_argument("--data", help="dataset of the target run (default: the one recorded in its config)")
     p.add_argument("--transfer", help="another run folder of the same task to test the perturbations on")

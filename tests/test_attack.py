@@ -32,9 +32,9 @@ def test_images_come_from_the_right_side_of_the_split(cls_goal, train_images):
         [train.ids.index(i) for i in cls_goal.config["val_ids"]]].sum()
 
 
-@pytest.mark.parametrize("norm, eps", [("linf", 4.0), ("l2", 0.5)])
-def test_perturbations_respect_the_bound_exactly(norm, eps):
-    gen = attack.build_generator(32, eps, norm, width=8)
+@pytest.mark.parametrize("norm, eps, width", [("linf", 4.0, 8), ("l2", 0.5, 8), ("linf", 4.0, 0)])
+def test_perturbations_respect_the_bound_exactly(norm, eps, width):
+    gen = attack.build_generator(32, eps, norm, width=width)
     for w in gen.weights:  # large random weights: the raw output is far outside the budget
         w.assign(tf.random.normal(w.shape, stddev=3.0, seed=1))
     rng = np.random.default_rng(0)
@@ -67,6 +67,24 @@ def test_generator_training_leaves_target_alone_and_raises_target_probability(cl
     assert not any(v is w for v in trainer.trainable_variables for w in cls_goal.target.weights)
 
 
+def test_training_views_are_mirrored_and_shifted_copies():
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.uniform(0, 255, (8, 40, 40, 3)), tf.float32)
+    tf.random.set_seed(3)
+    views = attack.shift_and_flip(images, max_shift=0.1).numpy()
+    assert views.shape == images.shape
+    pad = 4
+    padded = np.pad(images.numpy(), [(0, 0), (pad, pad), (pad, pad), (0, 0)], mode="reflect")
+    mirrored = np.pad(images.numpy()[:, :, ::-1], [(0, 0), (pad, pad), (pad, pad), (0, 0)], mode="reflect")
+    offsets = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
+               if all(np.array_equal(v, p[dy:dy + 40, dx:dx + 40]) or np.array_equal(v, m[dy:dy + 40, dx:dx + 40])
+                      for v, p, m in zip(views, padded, mirrored))]
+    assert len(offsets) == 1  # one shift for the batch, each image mirrored or not
+    dy, dx = offsets[0]
+    flipped = [not np.array_equal(v, p[dy:dy + 40, dx:dx + 40]) for v, p in zip(views, padded)]
+    assert 0 < sum(flipped) < 8
+
+
 @pytest.mark.parametrize("steps", [1, 10])
 def test_fgsm_and_pgd_meet_the_bound_and_raise_the_target(cls_goal, train_images, steps):
     x = tf.constant(train_images)
@@ -88,9 +106,10 @@ def test_every_goal_runs_end_to_end(learned_cls, learned_seg, tiny_runs, tmp_pat
     target, other = (learned_seg, tiny_runs[1]) if goal == "seg_targeted" else (learned_cls, tiny_runs[0])
     metrics = attack.run(target=target, goal=goal, eps=8.0, epochs=1, batch_size=8, width=8, out=out,
                          pgd_steps=2, transfer=other, max_train=32, max_eval=16, verbose=0)
-    for name in ("generator.keras", "metrics.json", "panel.png", "log.csv"):
+    for name in ("generator.keras", "metrics.json", "panel.png", "log.csv", "curves.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     assert metrics["target_weights_unchanged"]
+    assert 0 <= metrics["final_epoch"]["val_success"] <= 1  # held-out success per epoch in the log
     saved = json.load(open(os.path.join(out, "metrics.json")))
     for method in ("generator", "fgsm", "pgd2"):
         r = saved["held_out"][method]
