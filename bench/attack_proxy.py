@@ -39,6 +39,7 @@ def main():
     p.add_argument("--width", type=int, default=0,
                    help="generator width (default %(default)s: template only, half the time of width 8 on a CPU)")
     p.add_argument("--lr", type=float, default=3e-3, help="generator learning rate (default %(default)s)")
+    p.add_argument("--tag", default="", help="suffix for the run folder and the result key, to keep variants apart")
     args = p.parse_args()
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}"
     print(f"machine: {machine}", flush=True)
@@ -48,9 +49,9 @@ def main():
         kwargs = dict(RUNS[name], eps=args.eps, width=args.width, lr=args.lr,
                       **{k: v for k, v in (("epochs", args.epochs), ("max_train", args.max_train)) if v})
         t = time.time()
-        metrics = attack.run(out=f"runs/bench_attack_{name}", overwrite=True, verbose=2, **kwargs)
-        results[name] = dict(arguments=kwargs, wall_minutes=round((time.time() - t) / 60, 1), machine=machine,
-                             metrics=metrics)
+        metrics = attack.run(out=f"runs/bench_attack_{name}{args.tag}", overwrite=True, verbose=2, **kwargs)
+        results[name + args.tag] = dict(arguments=kwargs, wall_minutes=round((time.time() - t) / 60, 1),
+                                        machine=machine, metrics=metrics)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         json.dump(results, open(path, "w"), indent=2)
     print("\n| goal | method | success | target score before -> after | L-inf mean/max (/255) | PSNR dB | SSIM "
