@@ -219,6 +219,7 @@ class GeneratorAttack(keras.Model):
         return perturb(images, self.generator([images, self.goal.condition(reference)], training=False))
 
     def losses_on(self, images, training):
+        """Mean attack loss, mean perturbation size and per-image success on one batch."""
         reference = self.goal.clean(images)
         delta = self.generator([images, self.goal.condition(reference)], training=training)
         outputs = self.goal.target(perturb(images, delta), training=False)
