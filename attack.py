@@ -87,14 +87,17 @@ def build_generator(img_size, eps, norm="linf", width=32):
     nearly one universal perturbation per condition, which cannot memorise training images."""
     image = keras.Input((img_size, img_size, 3), name="image")
     condition = keras.Input((img_size, img_size, NUM_CLASSES), name="condition")
-    template = Template(name="template")(condition)
     scaled = keras.layers.Rescaling(1 / 255.0)(image)
     if width == 0:
-        colour = keras.layers.Conv2D(3, 1, kernel_initializer="zeros", name="colour")(scaled)
-        raw = keras.layers.Add()([colour, template])
-        return keras.Model([image, condition], Bound(eps, norm, name="bound")(raw), name="perturbation_generator")
-    x = keras.layers.Concatenate()([scaled, condition])
+        raw = keras.layers.Conv2D(3, 1, kernel_initializer="zeros", name="colour")(scaled)
+    else:
+        raw = encoder_decoder(keras.layers.Concatenate()([scaled, condition]), width)
+    raw = keras.layers.Add()([raw, Template(name="template")(condition)])
+    return keras.Model([image, condition], Bound(eps, norm, name="bound")(raw), name="perturbation_generator")
 
+
+def encoder_decoder(x, width):
+    """The image-dependent part of the generator: raw perturbation (3 channels, zero at the start)."""
     def conv(x, filters, stride=1, act=True):  # no BatchNorm: training and inference behave alike
         x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same")(x)
         return keras.layers.ReLU()(x) if act else x
@@ -106,9 +109,7 @@ def build_generator(img_size, eps, norm="linf", width=32):
         x = keras.layers.ReLU()(keras.layers.Add()([x, conv(conv(x, 4 * width), 4 * width, act=False)]))
     x = conv(keras.layers.Concatenate()([keras.layers.UpSampling2D(interpolation="bilinear")(x), s2]), 2 * width)
     x = conv(keras.layers.Concatenate()([keras.layers.UpSampling2D(interpolation="bilinear")(x), s1]), width)
-    raw = keras.layers.Conv2D(3, 3, padding="same", kernel_initializer="zeros", name="raw")(x)
-    raw = keras.layers.Add()([raw, template])
-    return keras.Model([image, condition], Bound(eps, norm, name="bound")(raw), name="perturbation_generator")
+    return keras.layers.Conv2D(3, 3, padding="same", kernel_initializer="zeros", name="raw")(x)
 
 
 def perturb(images, delta):

@@ -269,11 +269,12 @@ def read_mask(path, what=""):
     return m.astype(np.uint8)
 
 
-def read_example(split, i):
-    """(image, mask or None) of example i, checked against each other."""
+def read_example(split, i, mask=True):
+    """(image, mask or None) of example i, checked against each other; mask=False reads the
+    image alone (mask None)."""
     what = f"{split.name} id {split.ids[i]}"
     image = read_image(split.image_paths[i], what)
-    if split.mask_paths[i] is None:
+    if not mask or split.mask_paths[i] is None:
         return image, None
     mask = read_mask(split.mask_paths[i], what)
     if mask.shape != image.shape[:2]:
@@ -357,15 +358,9 @@ def load_examples(split, indices=None, masks=True, progress=True):
     reported by id.
     """
     indices = range(len(split)) if indices is None else indices
-
-    def decode(i):
-        if masks:
-            return read_example(split, i)
-        return read_image(split.image_paths[i], f"{split.name} id {split.ids[i]}"), None
-
     out, t0 = [], time.time()
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:  # Pillow decodes outside the GIL
-        for k, example in enumerate(pool.map(decode, indices)):
+        for k, example in enumerate(pool.map(lambda i: read_example(split, i, masks), indices)):
             out.append(example)
             if progress and time.time() - t0 > 5 and k % 100 == 0:
                 print(f"  decoded {k + 1}/{len(indices)} {split.name} images", flush=True)
@@ -487,8 +482,7 @@ def make_dataset(split, examples, size, batch_size, training=False, seed=0, targ
     def fetch(i):
         i = int(i)
         if target == "labels":  # no mask to read, resize or crop (as load_examples(masks=False))
-            return read_image(split.image_paths[i], f"{split.name} id {split.ids[i]}") if examples is None \
-                else examples[i][0]
+            return (read_example(split, i, mask=False) if examples is None else examples[i])[0]
         image, mask = read_example(split, i) if examples is None else examples[i]
         return image, np.full(image.shape[:2], VOID, np.uint8) if mask is None else mask
 
