@@ -222,31 +222,81 @@ def _load_npy(path, what):
         raise UserError(f"{what}: cannot read {path} ({e})") from None
 
 
+def image_levels(a, what, path):
+    """An image array of any numeric dtype as uint8 levels 0..255, by what its dtype and range mean:
+    uint8 as it is; bool as 0/255; integers within 0..255 as they are; uint16 (or 16-bit values
+    up to 65535) above 255 scaled down by 257; floats within [0, 1] scaled by 255 and floats within
+    [0, 255] kept, both rounded to the nearest level (values that round to 255 count as within). Anything else (negative, NaN/inf, above the
+    dtype's range, complex, strings) raises UserError naming `what` and the file; nothing is
+    truncated or clipped."""
+    a = np.asarray(a)
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == bool:
+        return a.astype(np.uint8) * np.uint8(255)
+    fix = "save it as uint8 0..255 (or uint16 for 16-bit images, float in [0, 1] or [0, 255])"
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)) or not a.size:
+        raise UserError(f"{what}: image {path} has dtype {a.dtype}; {fix}")
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        raise UserError(f"{what}: image {path} holds NaN or infinite values; {fix}")
+    lo, hi = a.min(), a.max()
+    if lo < 0:
+        raise UserError(f"{what}: image {path} has negative values (min {lo:g}, dtype {a.dtype}); {fix}")
+    if np.issubdtype(a.dtype, np.floating):
+        if 1 + 0.5 / 255 < hi < 2 or hi >= 255.5:  # beyond what rounds to level 255 of either range
+            raise UserError(f"{what}: image {path} is float with values up to {hi:g}, neither in [0, 1] "
+                            f"nor in [0, 255]; {fix}")
+        scale = 255.0 if hi < 2 else 1.0  # [0, 1] (img / 255.) or [0, 255] (after a resize)
+        return np.minimum(np.rint(a.astype(np.float64) * scale), 255).astype(np.uint8)
+    if hi <= 255:
+        return a.astype(np.uint8)
+    if hi <= 65535 and (a.dtype == np.uint16 or a.dtype.itemsize > 2):  # 16-bit levels
+        return np.rint(a / 257.0).astype(np.uint8)
+    raise UserError(f"{what}: image {path} has values up to {hi} (dtype {a.dtype}); {fix}")
+
+
+def _channels_first(shape):
+    """Whether an image array's shape is (3 or 4, H, W) (a PyTorch habit), not HxWxC."""
+    return len(shape) == 3 and shape[0] in (3, 4) and shape[2] not in (1, 3, 4)
+
+
 def read_image(path, what=""):
-    """HxWx3 uint8 RGB from a .npy or image file; grayscale and RGBA are converted."""
+    """HxWx3 uint8 RGB from a .npy or image file (PNG, JPEG, ... of any mode).
+
+    Values: see image_levels (float [0, 1] scaled by 255, 16-bit scaled down by 257, bool as
+    0/255). Grayscale is repeated to 3 channels, alpha dropped, palette images take their
+    colours, channels-first (3, H, W) arrays are transposed. Raises UserError (naming `what` and
+    the file) for anything that cannot be read as such an image."""
     what = what or os.path.basename(path)
     if path.endswith(".npy"):
         a = _load_npy(path, what)
-        if a.dtype != np.uint8:
-            if not (np.issubdtype(a.dtype, np.number) and a.size and a.min() >= 0 and a.max() <= 255):
-                raise UserError(f"{what}: image {path} has dtype {a.dtype}, expected uint8")
-            a = a.astype(np.uint8)
+        if _channels_first(a.shape):
+            a = a.transpose(1, 2, 0)
         if a.ndim == 2:
             a = a[:, :, None]
         if a.ndim != 3 or a.shape[2] not in (1, 3, 4) or min(a.shape[:2]) < 1:
             raise UserError(f"{what}: image {path} has shape {a.shape}, expected HxWx3")
+        a = image_levels(a, what, path)
         if a.shape[2] == 1:
             a = np.repeat(a, 3, axis=2)
         return np.ascontiguousarray(a[:, :, :3])
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            if im.mode in ("I", "F") or im.mode.startswith("I;16"):  # 16/32-bit grayscale, float
+                a = image_levels(np.asarray(im), what, path)
+                return np.ascontiguousarray(np.repeat(a[:, :, None], 3, axis=2))
+            return np.asarray(im.convert("RGB"))  # 8-bit modes; 48-bit RGB PNGs decode to 8 bit
     except (OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{what}: cannot decode image {path} ({e})") from None
 
 
 def read_mask(path, what=""):
-    """HxW uint8 label map (0 background, 1..20 classes, 255 void) from a .npy or palette PNG."""
+    """HxW uint8 label map (0 background, 1..20 classes, 255 void) from a .npy of integers or a
+    PNG read by what it means: a palette PNG by index when the palette gives every used index its
+    VOC colour (or its grey level, as a grayscale image converted to 'P' has); a grayscale PNG
+    (8 or 16 bit) by value. Raises UserError naming `what` and the file for a palette that gives a
+    used index another class's colour or a colour VOC does not use (an RGB mask re-quantised by an
+    editor), for RGB and other modes, and for values outside 0..20 and 255."""
     what = what or os.path.basename(path)
     if path.endswith(".npy"):
         m = _load_npy(path, what)
@@ -295,7 +345,7 @@ def image_size(path, what=""):
                 shape, _, dtype = read_header(f)
             if dtype.hasobject:
                 raise UserError(f"{what}: {path} holds Python objects (needs pickle); refused")
-            return tuple(shape[:2])
+            return tuple(shape[1:] if _channels_first(shape) else shape[:2])
         with Image.open(path) as im:
             return im.size[1], im.size[0]
     except (OSError, ValueError, SyntaxError) as e:

@@ -147,6 +147,58 @@ def test_image_conversions_and_refusals(tmp_path):
         common.read_mask(str(tmp_path / "m.npy"))
 
 
+def test_npy_images_of_every_dtype_give_the_uint8_levels(tmp_path):
+    """Issue 15 case 1: float [0, 1] (img / 255.) is scaled, never cast to black; every dtype
+    that means an image gives the same uint8 RGB as the original (float16 within a level)."""
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 256, (5, 6, 3)).astype(np.uint8)
+    ref[0, 0], ref[0, 1] = 0, 255
+    variants = {"float01": ref.astype(np.float32) / 255.0, "float01_f16": (ref / 255.0).astype(np.float16),
+                "float255": ref.astype(np.float32) + 0.4, "float64": ref.astype(np.float64),
+                "int64": ref.astype(np.int64), "uint16": ref.astype(np.uint16) * 257,
+                "uint16_in_8bit_range": ref.astype(np.uint16), "chw": ref.transpose(2, 0, 1)}
+    for name, a in variants.items():
+        np.save(tmp_path / f"{name}.npy", a)
+        out = common.read_image(str(tmp_path / f"{name}.npy"))
+        assert out.dtype == np.uint8 and out.shape == ref.shape, name
+        assert np.abs(out.astype(int) - ref).max() <= (1 if name == "float01_f16" else 0), name
+    np.save(tmp_path / "bool.npy", ref > 127)
+    assert set(np.unique(common.read_image(str(tmp_path / "bool.npy"))).tolist()) == {0, 255}
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.full((4, 4, 3), -0.5, np.float32), "negative"),
+    (np.full((4, 4, 3), np.nan, np.float32), "NaN"),
+    (np.full((4, 4, 3), 300.0, np.float32), "neither in"),
+    (np.full((4, 4, 3), 1.2, np.float32), "neither in"),
+    (np.full((4, 4, 3), 70000, np.int32), "values up to 70000"),
+    (np.full((4, 4, 3), -1, np.int16), "negative"),
+    (np.full((4, 4, 3), 1 + 1j), "dtype complex"),
+])
+def test_npy_images_out_of_range_are_refused_naming_the_file(tmp_path, array, message):
+    np.save(tmp_path / "x.npy", array)
+    with pytest.raises(common.UserError, match=f"train id 7: image .*x.npy .*{message}"):
+        common.read_image(str(tmp_path / "x.npy"), "train id 7")
+
+
+def test_image_files_of_every_mode_give_rgb_levels(tmp_path):
+    """16-bit grayscale PNG scaled down (not clipped to white), palette, 1-bit, grey+alpha, JPEG."""
+    levels = np.array([[0, 10, 128, 255]], np.uint8)
+    Image.fromarray(levels.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    Image.fromarray(levels).convert("1").save(tmp_path / "bw.png")
+    Image.fromarray(levels).convert("LA").save(tmp_path / "la.png")
+    pal = Image.fromarray(np.array([[0, 1, 2, 1]], np.uint8)).convert("P")
+    pal.putpalette([0, 0, 0, 200, 100, 50, 10, 20, 30])
+    pal.save(tmp_path / "p.png")
+    Image.fromarray(np.full((8, 8), 77, np.uint8)).save(tmp_path / "g.jpg", quality=100)
+    for name, want in [("g16.png", levels), ("la.png", levels), ("bw.png", np.where(levels > 127, 255, 0))]:
+        out = common.read_image(str(tmp_path / name))
+        assert out.dtype == np.uint8 and out.shape == (1, 4, 3), name
+        np.testing.assert_array_equal(out, np.repeat(np.asarray(want)[..., None], 3, axis=2), name)
+    np.testing.assert_array_equal(common.read_image(str(tmp_path / "p.png"))[0, 1], [200, 100, 50])
+    assert np.abs(common.read_image(str(tmp_path / "g.jpg")).astype(int) - 77).max() <= 1
+
+
 def test_mask_shape_mismatch_is_reported_by_id(tmp_path, demo_dir):
     import shutil
     root = str(tmp_path / "copy")
