@@ -226,9 +226,10 @@ def image_levels(a, what, path):
     """An image array of any numeric dtype as uint8 levels 0..255, by what its dtype and range mean:
     uint8 as it is; bool as 0/255; integers within 0..255 as they are; uint16 (or 16-bit values
     up to 65535) above 255 scaled down by 257; floats within [0, 1] scaled by 255 and floats within
-    [0, 255] kept, both rounded to the nearest level (values that round to 255 count as within). Anything else (negative, NaN/inf, above the
-    dtype's range, complex, strings) raises UserError naming `what` and the file; nothing is
-    truncated or clipped."""
+    [0, 255] kept, both rounded to the nearest level (values that round to 255 count as within).
+    Anything else (negative, NaN/inf, float between the two ranges or above 255, integers above
+    65535, complex, strings) raises UserError naming `what` and the file; nothing is truncated or
+    clipped."""
     a = np.asarray(a)
     if a.dtype == np.uint8:
         return a
@@ -307,16 +308,42 @@ def read_mask(path, what=""):
     else:
         try:
             with Image.open(path) as im:
-                if im.mode not in ("P", "L"):
-                    raise UserError(f"{what}: mask {path} is {im.mode}, expected a palette or grayscale PNG")
+                if im.mode not in ("P", "L", "I") and not im.mode.startswith("I;16"):
+                    raise UserError(f"{what}: mask {path} is {im.mode}, expected a palette or grayscale PNG "
+                                    "of class indices (0 background, 1..20, 255 void)")
                 m = np.asarray(im)
+                if im.mode == "P":
+                    _check_mask_palette(im.getpalette(), m, what, path)
         except (OSError, SyntaxError, ValueError) as e:
             raise UserError(f"{what}: cannot decode mask {path} ({e})") from None
     bad = (m > NUM_CLASSES) & (m != VOID) | (m < 0)
     if bad.any():
         raise UserError(f"{what}: mask {path} has values {sorted(set(np.unique(m[bad]).tolist()))[:5]} "
-                        "outside 0..20 and 255")
+                        "outside 0..20 and 255; a mask holds class indices, not colours or grey levels")
     return m.astype(np.uint8)
+
+
+def _check_mask_palette(palette, m, what, path):
+    """Refuse a palette mask whose palette does not mean 'index = class': some used index of m
+    coloured neither with its own VOC colour nor (for every used index) with its grey level.
+    Only the used indices count: VOC-style files often hold arbitrary colours for the others."""
+    if not palette:
+        return  # no palette: the indices are all there is
+    colours = np.zeros((256, 3), np.int32) - 1  # -1: no palette entry
+    pal = np.asarray(palette, np.int32).reshape(-1, 3)[:256]
+    colours[:len(pal)] = pal
+    used = np.flatnonzero(np.bincount(m.ravel(), minlength=256))
+    voc = voc_palette().astype(np.int32)
+    if (colours[used] == voc[used]).all() or (colours[used] == used[:, None]).all():
+        return
+    i = next(int(k) for k in used if (colours[k] != voc[k]).any())
+    same = np.flatnonzero((voc == colours[i]).all(1))
+    names = {**dict(enumerate(("background",) + CLASSES)), VOID: "void"}
+    meaning = (f"VOC's colour of {names.get(int(same[0]), f'index {same[0]}')}" if len(same)
+               else "a colour VOC does not use")
+    raise UserError(f"{what}: mask {path} has a palette that is not VOC's: index {i} is coloured "
+                    f"{tuple(colours[i].tolist())}, {meaning}; save the mask with the VOC palette "
+                    "(index = class) or as a grayscale PNG of class indices")
 
 
 def read_example(split, i, mask=True):

@@ -199,6 +199,51 @@ def test_image_files_of_every_mode_give_rgb_levels(tmp_path):
     assert np.abs(common.read_image(str(tmp_path / "g.jpg")).astype(int) - 77).max() <= 1
 
 
+def palette_mask(path, index, palette):
+    im = Image.fromarray(np.asarray(index, np.uint8)).convert("P")
+    im.putpalette(np.asarray(palette, np.uint8).ravel().tolist())
+    im.save(path)
+    return str(path)
+
+
+def test_masks_are_read_by_what_their_palette_means(tmp_path):
+    """Issue 15 case 2: VOC palette (also with junk colours at unused indices), grayscale index
+    PNGs of 8 and 16 bit and a grey-ramp palette read by index; a re-quantised colour mask, whose
+    indices mean other classes or no class, refused naming the file."""
+    m = np.array([[0, 1, 15, 255]], np.uint8)
+    voc = common.voc_palette()
+    junk = voc.copy()
+    junk[[2, 3, 16, 200]] = (9, 9, 9)  # unused indices: any colour
+    grey = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    Image.fromarray(m).save(tmp_path / "l.png")
+    Image.fromarray(m.astype(np.uint16)).save(tmp_path / "i16.png")
+    for path in (palette_mask(tmp_path / "voc.png", m, voc), palette_mask(tmp_path / "junk.png", m, junk),
+                 palette_mask(tmp_path / "grey.png", m, grey), str(tmp_path / "l.png"), str(tmp_path / "i16.png")):
+        np.testing.assert_array_equal(common.read_mask(path), m, path)
+    # a boat mask (VOC colour of class 4) quantised to index 0..1: index 0 now carries boat's colour
+    boat = palette_mask(tmp_path / "boat.png", [[0, 1]], [voc[4], voc[0]])
+    with pytest.raises(common.UserError, match=r"train id 3: mask .*boat.png .*index 0 .*VOC's colour of boat"):
+        common.read_mask(boat, "train id 3")
+    odd = palette_mask(tmp_path / "odd.png", m, np.where(np.arange(256)[:, None] == 15, 77, voc))
+    with pytest.raises(common.UserError, match=r"odd.png .*index 15 .*a colour VOC does not use"):
+        common.read_mask(odd)
+    Image.fromarray(voc[m]).save(tmp_path / "rgb.png")
+    with pytest.raises(common.UserError, match="rgb.png is RGB"):
+        common.read_mask(str(tmp_path / "rgb.png"))
+
+
+def test_case_04_requantised_palette_mask_is_refused_in_one_line(tmp_path, capsys):
+    """The case's own input: the VOC colour mask saved as RGB, quantised to 'P' (adaptive)."""
+    from conftest import write_voc
+    pairs = [common.demo_example(5, i, scale=0.2) for i in range(2)]
+    root = write_voc(str(tmp_path / "voc"), pairs)
+    path = os.path.join(root, "SegmentationClass", "train_0000.png")
+    Image.fromarray(common.colorize(pairs[0][1])).convert("P", palette=Image.Palette.ADAPTIVE, colors=8).save(path)
+    assert common.run_cli(common.main, ["check", "--data", root, "--out", str(tmp_path / "chk")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "train_0000.png has a palette" in err, err
+
+
 def test_mask_shape_mismatch_is_reported_by_id(tmp_path, demo_dir):
     import shutil
     root = str(tmp_path / "copy")
