@@ -118,13 +118,26 @@ def load_split(data=None, split="train"):
     return _load_voc(root, split)
 
 
+CSV_FIELD_LIMIT = 2 ** 31 - 1  # csv's default 131072 is shorter than a speckled mask's RLE row
+
+
+def open_csv(path):
+    """Open a CSV for csv.reader the way every reader here does: UTF-8 with or without a BOM (a
+    spreadsheet's 'CSV UTF-8'), LF or CRLF line ends, and fields of any length (the RLE row of a
+    speckled 375x500 mask is over 131072 characters, csv's default limit). Raises OSError."""
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    return open(path, newline="", encoding="utf-8-sig")
+
+
 def _read_class_csv(path):
     """Read a competition CSV: Id column then the 20 class columns. Returns (ids, labels)."""
     try:
-        with open(path, newline="") as f:
+        with open_csv(path) as f:
             rows = list(csv.reader(f))
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text; save it as UTF-8 CSV") from None
     if not rows:
         raise UserError(f"{path} is empty")
     header = [h.strip() for h in rows[0]]
@@ -181,7 +194,7 @@ def _load_voc(root, split):
     for name in ("train", "val", "trainval", "test"):
         p = os.path.join(sets, f"{name}.txt")
         if os.path.isfile(p):
-            with open(p) as f:
+            with open(p, encoding="utf-8-sig") as f:
                 listed += [line.split()[0] for line in f if line.strip()]
     if not listed:  # no ImageSets: every JPEG, labelled where a mask exists
         listed = sorted(os.path.splitext(os.path.basename(p))[0]
@@ -735,15 +748,18 @@ def validate_rows(rows, ids, sizes=None):
 
 
 def read_submission(path):
-    """Rows of a submission or solution CSV as a list of dicts (Id, Predicted[, Shape])."""
+    """Rows of a submission or solution CSV as a list of dicts (Id, Predicted[, Shape]) of str;
+    UTF-8 with or without a BOM, LF or CRLF, rows of any length (open_csv). Raises UserError."""
     try:
-        with open(path, newline="") as f:
+        with open_csv(path) as f:
             reader = csv.DictReader(f)
             if reader.fieldnames is None or reader.fieldnames[:2] != ["Id", "Predicted"]:
                 raise UserError(f"{path}: header must start with Id,Predicted")
             return [dict(r) for r in reader]
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text; save it as UTF-8 CSV") from None
 
 
 def validate_submission(path, ids, sizes=None):
@@ -1572,7 +1588,7 @@ def read_log(path):
     """Rows of a CSVLogger file as a dict of float columns."""
     if not os.path.isfile(path):
         return {}
-    with open(path, newline="") as f:
+    with open_csv(path) as f:
         rows = list(csv.DictReader(f))
     return {k: np.array([float(r[k]) if r.get(k) not in (None, "") else np.nan for r in rows])
             for k in (rows[0].keys() if rows else [])}

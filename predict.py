@@ -21,6 +21,7 @@ and class areas per image), gallery.png, and scores.json with --score.
 """
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -71,7 +72,7 @@ def run(data=None, cls="runs/cls", seg="runs/seg", out="runs/predict", split="te
     seg_flip = "flip" in tta or "seg-flip" in tta
     cls_model, cls_config, thresholds = cls_train.load_run(cls)
     seg_model, seg_config = seg_train.load_run(seg)
-    with common.run_folder(out, overwrite=overwrite):
+    with common.run_folder(out, overwrite=overwrite, progress="submission.csv"):  # kept once written
         data_split = pick_split(data, split, cls_config, seg_config)
         if len(data_split) == 0:
             raise common.UserError(f"the {split} split of {data_split.root} has no images")
@@ -94,28 +95,43 @@ def run(data=None, cls="runs/cls", seg="runs/seg", out="runs/predict", split="te
         seconds = time.time() - t0
 
         path = common.write_submission(os.path.join(out, "submission.csv"), data_split.ids, labels, masks)
-        sizes = [n for m in masks for n in (NUM_CLASSES, NUM_CLASSES * m.size)]
-        common.validate_submission(path, data_split.ids, sizes)
-        common.write_json(os.path.join(out, "predictions.json"), {
-            "split": split, "data": data_split.root, "cls_run": cls, "seg_run": seg, "tta": list(tta),
-            "scales": list(seg_scales), "fuse": list(fuse_rules), "seconds": seconds,
-            "images": {str(i): {"labels": [CLASSES[c] for c in np.flatnonzero(y)],
-                                "probabilities": {CLASSES[c]: round(float(p), 4)
-                                                  for c, p in enumerate(cp) if p >= 0.05},
-                                "mask_area": {CLASSES[c - 1]: round(float((m == c).mean()), 4)
-                                              for c in np.unique(m) if c > 0}}
-                       for i, y, cp, m in zip(data_split.ids, labels, cls_probs, masks)}})
-        gallery(os.path.join(out, "gallery.png"), data_split, images, labels, masks)
+        with kept_after(path, "re-reading it"):
+            sizes = [n for m in masks for n in (NUM_CLASSES, NUM_CLASSES * m.size)]
+            common.validate_submission(path, data_split.ids, sizes)
         print(f"wrote {path} ({len(data_split)} images, {seconds:.1f} s, {len(data_split) / seconds:.1f} images/s)")
-
+        with kept_after(path, "writing predictions.json and gallery.png"):
+            common.write_json(os.path.join(out, "predictions.json"), {
+                "split": split, "data": data_split.root, "cls_run": cls, "seg_run": seg, "tta": list(tta),
+                "scales": list(seg_scales), "fuse": list(fuse_rules), "seconds": seconds,
+                "images": {str(i): {"labels": [CLASSES[c] for c in np.flatnonzero(y)],
+                                    "probabilities": {CLASSES[c]: round(float(p), 4)
+                                                      for c, p in enumerate(cp) if p >= 0.05},
+                                    "mask_area": {CLASSES[c - 1]: round(float((m == c).mean()), 4)
+                                                  for c in np.unique(m) if c > 0}}
+                           for i, y, cp, m in zip(data_split.ids, labels, cls_probs, masks)}})
+            gallery(os.path.join(out, "gallery.png"), data_split, images, labels, masks)
         scores = None
         if score:
-            truth_csv = truth or solution_for(data_split, split, out)
-            scores = common.score_submission(path, truth_csv)
-            common.write_json(os.path.join(out, "scores.json"), dict(scores, truth=truth_csv))
+            with kept_after(path, "scoring it"):
+                truth_csv = truth or solution_for(data_split, split, out)
+                scores = common.score_submission(path, truth_csv)
+                common.write_json(os.path.join(out, "scores.json"), dict(scores, truth=truth_csv))
             print(f"score on {split}: classification {scores['classification']:.4f}  "
                   f"segmentation {scores['segmentation']:.4f}  joint {scores['score']:.4f}")
         return scores, path
+
+
+@contextlib.contextmanager
+def kept_after(path, step):
+    """Around a step after the main output `path` is complete: any failure (UserError or not)
+    becomes one UserError line saying what failed and that `path` is kept (--debug shows the
+    cause). The run folder stays: run() passes progress='submission.csv' to common.run_folder."""
+    try:
+        yield
+    except Exception as e:
+        cause = str(e) if isinstance(e, common.UserError) else f"{type(e).__name__}: {e}"
+        raise common.UserError(f"{step} failed after {path} was written; the submission is complete and kept "
+                               f"({cause})") from e
 
 
 def pick_split(data, split, cls_config, seg_config):

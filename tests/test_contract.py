@@ -155,6 +155,43 @@ def test_validator_rejects_malformed_submissions(tmp_path, edit, message):
             common.score_submission(str(bad), truth)
 
 
+def test_long_rle_row_round_trips_through_the_readers(tmp_path, capsys):
+    """Issue 15 case 3: a speckled 375x500 mask (7% noise, an under-trained segmenter) has a
+    segmentation row over csv's default 131072-character limit; it reads back, validates and
+    scores 1.0 against itself, also from the command line."""
+    rng = np.random.default_rng(0)
+    mask = np.zeros((375, 500), np.uint8)
+    mask[100:300, 100:400] = 15
+    noise = rng.random(mask.shape) < 0.07
+    mask[noise] = rng.integers(0, 21, noise.sum())
+    labels = [common.labels_from_mask(mask)]
+    pred = common.write_submission(str(tmp_path / "submission.csv"), ["0"], labels, [mask])
+    truth = common.write_submission(str(tmp_path / "solution.csv"), ["0"], labels, [mask], shapes=True)
+    rows = common.read_submission(pred)
+    assert len(rows[1]["Predicted"]) > 140_000 and rows[1]["Predicted"] == common.rle_encode(common.seg_stack(mask))
+    assert common.validate_submission(pred, ["0"], [20, 20 * mask.size]) == 2
+    assert common.score_submission(pred, truth)["score"] == 1.0
+    assert common.run_cli(common.main, ["score", "--pred", pred, "--truth", truth]) == 0
+    assert "score 1.0000" in capsys.readouterr().out
+
+
+def test_csv_readers_accept_a_bom_and_crlf(tmp_path):
+    """A CSV re-saved by a spreadsheet ('CSV UTF-8': BOM, CRLF) reads as the original: the
+    submission and solution (scored 1.0) and the class-label CSVs."""
+    truth, ids, labels, masks = make_truth(tmp_path)
+    pred = common.write_submission(str(tmp_path / "p.csv"), ids, labels, masks)
+    for path in (truth, pred):
+        text = open(path, encoding="utf-8").read()
+        open(path, "w", encoding="utf-8-sig", newline="\r\n").write(text)
+        assert open(path, "rb").read(5) == b"\xef\xbb\xbfId" and b"\r\n" in open(path, "rb").read()
+    assert common.score_submission(pred, truth)["score"] == 1.0
+    table = tmp_path / "train_set.csv"
+    rows = [",".join(["Id", *common.CLASSES])] + [",".join([str(i)] + [str(v) for v in y]) for i, y in zip(ids, labels)]
+    table.write_text("\r\n".join(rows) + "\r\n", encoding="utf-8-sig")
+    got_ids, got = common._read_class_csv(str(table))
+    assert got_ids == [str(i) for i in ids] and (got == np.array(labels)).all()
+
+
 def test_write_submission_is_atomic_and_validated(tmp_path):
     path = tmp_path / "submission.csv"
     path.write_text("old contents\n")

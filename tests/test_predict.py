@@ -102,3 +102,32 @@ def test_wrong_inputs_give_one_line_errors(demo_dir, tiny_runs, tmp_path, capsys
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
         assert not os.path.exists(os.path.join(out, "submission.csv"))
+
+
+def test_failure_after_the_submission_keeps_it(demo_dir, tiny_runs, tmp_path, capsys, monkeypatch):
+    """Issue 15 case 3: whatever fails once submission.csv is complete (re-reading it, the extra
+    files, scoring) ends in one line that says what failed; the submission stays, valid."""
+    test = common.load_split(demo_dir, "test")
+    argv = ["--data", demo_dir, "--cls", tiny_runs[0], "--seg", tiny_runs[1], "--tta", "none"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("broken on purpose")
+
+    for target, step in [("validate_submission", "re-reading it"), ("write_json", "writing predictions.json")]:
+        out = str(tmp_path / target)
+        with monkeypatch.context() as m:
+            m.setattr(common, target, broken)
+            assert common.run_cli(predict.main, argv + ["--out", out]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {step}") and "kept" in err and "broken on purpose" in err, err
+        assert err.count("\n") == 1
+        assert common.validate_submission(os.path.join(out, "submission.csv"), test.ids) == 2 * len(test)
+    out = str(tmp_path / "score")  # --score without a solution: a UserError after the submission
+    os.rename(os.path.join(demo_dir, "solution.csv"), str(tmp_path / "moved.csv"))
+    try:
+        assert common.run_cli(predict.main, argv + ["--out", out, "--score"]) == 2
+    finally:
+        os.rename(str(tmp_path / "moved.csv"), os.path.join(demo_dir, "solution.csv"))
+    err = capsys.readouterr().err
+    assert err.startswith("error: scoring it") and "has no labels" in err and err.count("\n") == 1, err
+    assert os.path.isfile(os.path.join(out, "submission.csv")) and os.path.isfile(os.path.join(out, "gallery.png"))
