@@ -393,10 +393,14 @@ def image_size(path, what=""):
 
 
 def train_val_split(labels, val_fraction=0.2, seed=0):
-    """Split example indices so that every class with >= 2 examples lands on both sides.
+    """Split example indices (labels: (N, 20), > 0 = present) into (train, val) int arrays so
+    that every class with >= 2 examples lands on both sides.
 
     Iterative stratification: classes from rarest to commonest, each class's unassigned examples
     shuffled and dealt to validation until it holds its share (at least one) of that class.
+    With N >= 2 the validation side is never empty: where stratification leaves it so (every
+    image holds a class seen in no other), round(val_fraction * N) images (at least one) move
+    there, those that take the fewest classes away from training first. Training keeps >= 1.
     """
     labels = np.asarray(labels) > 0
     n = len(labels)
@@ -421,6 +425,12 @@ def train_val_split(labels, val_fraction=0.2, seed=0):
     n_val_rest = int(round(val_fraction * n)) - int((side == 1).sum())
     side[rest] = 0
     side[rest[:max(0, n_val_rest)]] = 1
+    if n >= 2 and not (side == 1).any():  # e.g. every image holds a class of its own
+        for _ in range(min(max(1, int(round(val_fraction * n))), n - 1)):
+            train = np.flatnonzero(side == 0)
+            in_train = labels[train].sum(0)
+            lost = (labels[train] & (in_train == 1)).sum(1)  # classes training would lose
+            side[train[rng.permutation(np.flatnonzero(lost == lost.min()))[0]]] = 1
     return np.flatnonzero(side == 0), np.flatnonzero(side == 1)
 
 
@@ -433,8 +443,13 @@ def split_for_training(data, val_fraction=0.2, seed=0, masks=False):
     split = load_split(data, "train")
     if masks and not split.has_masks:
         raise UserError("the training split has no masks; segmentation needs them")
+    if len(split) == 0:
+        raise UserError(f"the training split of {split.root} has no images")
     if not split.has_labels:
         raise UserError("the training split has no labels")
+    if len(split) < 2:
+        raise UserError(f"the validation split would be empty: {split.root} has only {len(split)} labelled "
+                        "image, and training needs one image to learn from and one to validate on")
     train_idx, val_idx = train_val_split(split.labels, val_fraction, seed)
     train_split, val_split = split.subset(train_idx), split.subset(val_idx)
     print(f"data: {split.root} ({split.layout}); {len(train_split)} train / {len(val_split)} val images", flush=True)
@@ -594,6 +609,10 @@ def make_dataset(split, examples, size, batch_size, training=False, seed=0, targ
         return image, (out if target == "both" else out["mask"])
 
     order = np.arange(n) if repeats is None else np.repeat(np.arange(n), repeats)
+    if training and len(order) < batch_size:  # full batches only: one of every image, not none
+        print(f"note: {len(order)} training images, fewer than the batch size {batch_size}; "
+              f"batches of {len(order)}", flush=True)
+        batch_size = len(order)
     index = tf.data.Dataset.from_tensor_slices(order)
     if training:
         index = index.shuffle(len(order), seed=seed, reshuffle_each_iteration=True)

@@ -268,6 +268,21 @@ def test_train_val_split_keeps_rare_classes_on_both_sides():
     assert (tr == tr2).all() and (va == va2).all()
 
 
+def test_train_val_split_is_never_empty_from_two_images():
+    """Issue 15 case 4: eight images, each person plus a class of its own (stratification alone
+    put all eight in training): two go to validation; and any >= 2 images get both sides."""
+    labels = np.zeros((8, 20), np.int8)
+    labels[:, common.CLASSES.index("person")] = 1
+    labels[np.arange(8), np.arange(8)] = 1
+    tr, va = common.train_val_split(labels, 0.2)
+    assert len(va) == 2 and len(tr) == 6 and not set(tr) & set(va)
+    rng = np.random.default_rng(0)
+    for n in range(2, 12):
+        for labels in (np.zeros((n, 20)), np.eye(20)[:n], rng.random((n, 20)) < 0.1):
+            tr, va = common.train_val_split(labels, 0.2, seed=n)
+            assert len(tr) >= 1 and len(va) >= 1 and sorted(np.r_[tr, va].tolist()) == list(range(n))
+
+
 def test_summary_writes_samples_png(demo_dir, tmp_path, capsys):
     assert common.run_cli(common.main, ["check", "--data", demo_dir, "--out", str(tmp_path / "chk")]) == 0
     out = capsys.readouterr().out

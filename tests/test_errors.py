@@ -111,6 +111,17 @@ def test_grayscale_and_rgba_images_are_converted_and_train(data_copy, tmp_path):
     assert os.path.isfile(os.path.join(out, "model.keras"))
 
 
+def test_tiny_data_sets_train_or_name_the_validation_split(tmp_path, capsys):
+    """Four labelled images train (validation split not empty, batches no larger than the three
+    training images); one labelled image gets one line naming the validation split and why."""
+    root = common.make_demo(str(tmp_path / "four"), n_train=4, n_test=1, scale=0.2)
+    assert common.run_cli(cls_train.main, train_argv(root, str(tmp_path / "run4"))) == 0
+    assert "3 train / 1 val images" in capsys.readouterr().out
+    root = common.make_demo(str(tmp_path / "one"), n_train=1, n_test=1, scale=0.2)
+    fails(capsys, seg_train.main, train_argv(root, str(tmp_path / "run1")), "the validation split would be empty")
+    assert not os.path.exists(tmp_path / "run1")
+
+
 def test_empty_test_set(data_copy, tiny_runs, tmp_path, capsys):
     rewrite_csv(os.path.join(data_copy, "test", "test_set.csv"), lambda rows: rows[:1])
     shutil.rmtree(os.path.join(data_copy, "test", "img"))
