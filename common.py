@@ -837,8 +837,24 @@ def atomic_write(path, write, mode="w", newline=None):
         raise
 
 
+def json_safe(obj):
+    """obj with every float that is NaN or infinite (an undefined metric: a class with no
+    validation image) replaced by None, NumPy scalars and arrays as Python numbers and lists,
+    tuples as lists: what strict JSON (json.dump(..., allow_nan=False)) can hold."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json(path, obj):
-    atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=False))
+    """Write obj as strict JSON (indented; NaN/inf as null, see json_safe), atomically."""
+    atomic_write(path, lambda f: json.dump(json_safe(obj), f, indent=2, allow_nan=False))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1476,7 +1492,8 @@ def load_run(run_dir, task):
 
 
 def read_json(path):
-    with open(path) as f:
+    """The object in a JSON file the project wrote (null where a value is undefined)."""
+    with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 

@@ -66,6 +66,12 @@ def run(data="demo", out="runs/all", transfer=False, overwrite=False, verbose=2,
         return summary
 
 
+def num(x, spec=".3f"):
+    """A number read from a metrics JSON, formatted; 'n/a' for null (undefined, e.g. no validation
+    image of any class)."""
+    return "n/a" if x is None else format(x, spec)
+
+
 def write_summary(out, root, scores, val_scores, submission, times):
     """summary.md: the numbers of every stage and links to every figure."""
     cls = common.read_json(os.path.join(out, "cls", "metrics.json"))
@@ -75,19 +81,19 @@ def write_summary(out, root, scores, val_scores, submission, times):
              f"Total time {times['total'] / 60:.1f} min (" + ", ".join(
                  f"{k} {v:.0f} s" for k, v in times.items() if k != "total") + ").", "",
              "## Numbers", "", "| what | value |", "|---|---|",
-             f"| classifier val mAP | {cls['val_map']:.3f} |",
-             f"| classifier val Dice (tuned thresholds) | {cls['val_dice_tuned']:.3f} "
-             f"(constant baseline {cls['baseline_dice']:.3f}) |",
-             f"| segmenter val mIoU | {seg['val_miou']:.3f} |",
-             f"| segmenter val Dice (segmentation half) | {seg['val_dice']:.3f} |"]
+             f"| classifier val mAP | {num(cls['val_map'])} |",
+             f"| classifier val Dice (tuned thresholds) | {num(cls['val_dice_tuned'])} "
+             f"(constant baseline {num(cls['baseline_dice'])}) |",
+             f"| segmenter val mIoU | {num(seg['val_miou'])} |",
+             f"| segmenter val Dice (segmentation half) | {num(seg['val_dice'])} |"]
     for name, s in (("validation split", val_scores), ("test split", scores)):
         if s:
             lines.append(f"| submission score, {name} | classification {s['classification']:.3f}, "
                          f"segmentation {s['segmentation']:.3f}, joint {s['score']:.3f} |")
     for method, r in att["held_out"].items():
-        lines.append(f"| attack `{att['goal']}` -> {att['target_class']}, {method} | success {r['success_rate']:.1%}, "
-                     f"L-inf max {r['linf_max_255']:.1f}/255, PSNR {r['psnr_mean']:.1f} dB, "
-                     f"{r['ms_per_image']:.0f} ms/image |")
+        lines.append(f"| attack `{att['goal']}` -> {att['target_class']}, {method} | success "
+                     f"{num(r['success_rate'], '.1%')}, L-inf max {num(r['linf_max_255'], '.1f')}/255, "
+                     f"PSNR {num(r['psnr_mean'], '.1f')} dB, {num(r['ms_per_image'], '.0f')} ms/image |")
     if submission:
         lines += ["", f"Submission: [{os.path.relpath(submission, out)}]({os.path.relpath(submission, out)})"]
     lines += ["", "## Figures", ""]

@@ -11,7 +11,6 @@ scores) and bench/results/predict_proxy.json, and prints a table.
 """
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -77,9 +76,8 @@ def main():
                                 items(args.test_tta), fuse_rules=items(args.test_fuse), overwrite=True)
     test = dict(submission=submission, seconds=round(time.time() - t, 1), tta=args.test_tta, fuse=args.test_fuse)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "predict_proxy.json"), "w") as f:
-        json.dump(dict(machine=machine, cls=args.cls, seg=args.seg, val_images=len(val), rows=rows, test=test),
-                  f, indent=2)
+    common.write_json(os.path.join(HERE, "results", "predict_proxy.json"),
+                      dict(machine=machine, cls=args.cls, seg=args.seg, val_images=len(val), rows=rows, test=test))
     print(f"\nvalidation split of {args.data}: {len(val)} images\n")
     print("| TTA | fusion | classification | segmentation | joint |\n|---|---|---|---|---|")
     for r in rows:

@@ -8,7 +8,6 @@ Writes runs/bench_seg_loss_<loss>/ and bench/results/seg_loss.json, and prints a
 """
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -42,8 +41,7 @@ def main():
     result = dict(machine=machine, data=args.data, model=args.model, img_size=args.img_size, epochs=args.epochs,
                   width=args.width, rows=rows)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "seg_loss.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    common.write_json(os.path.join(HERE, "results", "seg_loss.json"), result)
     print(f"\n{args.model} at {args.img_size} px, {args.epochs} epochs on {args.data}, validation split:\n")
     print("| loss | val seg Dice | val mIoU | minutes |\n|---|---|---|---|")
     for r in rows:

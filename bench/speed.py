@@ -17,7 +17,6 @@ Prints a table per part and writes bench/results/speed.json (parts already there
 """
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -202,7 +201,7 @@ def main():
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, TF {tf.__version__}"
     print(f"machine: {machine}; data {PROXY}", flush=True)
     path = os.path.join(HERE, "results", "speed.json")
-    results = json.load(open(path)) if os.path.isfile(path) else {}
+    results = common.read_json(path) if os.path.isfile(path) else {}
     results["machine"] = machine
     split = examples = None
     for part in args.only or parts:
@@ -231,7 +230,7 @@ def main():
         else:
             results[part] = part_memory()
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        json.dump(results, open(path, "w"), indent=2)
+        common.write_json(path, results)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ Writes runs/bench_<name>[_<loss>]/ and bench/results/<name>.json, and prints a t
 """
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -16,6 +15,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+import common  # noqa: E402,I001
 import cls_train  # noqa: E402
 import seg_train  # noqa: E402
 
@@ -59,15 +59,15 @@ def main():
             t = time.time()
             script.train(data=args.data, out=out, overwrite=True, time_limit=minutes, **kwargs)
             wall = time.time() - t
-        metrics = json.load(open(os.path.join(out, "metrics.json")))
+        metrics = common.read_json(os.path.join(out, "metrics.json"))
         result = dict(name=tag, arguments=kwargs, time_limit_minutes=minutes,
                       wall_minutes=round(wall / 60, 1), machine=machine, metrics=metrics)
         os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-        json.dump(result, open(os.path.join(HERE, "results", f"{tag}.json"), "w"), indent=2)
+        common.write_json(os.path.join(HERE, "results", f"{tag}.json"), result)
         results.append(result)
     if args.report:
         folder = os.path.join(HERE, "results")
-        results = [json.load(open(os.path.join(folder, f))) for f in sorted(os.listdir(folder))
+        results = [common.read_json(os.path.join(folder, f)) for f in sorted(os.listdir(folder))
                    if f.endswith(".json") and f.startswith(("cls_", "seg_"))]
     print("\n| run | px | epochs | wall minutes | numbers (validation split) |\n|---|---|---|---|---|")
     for r in results:

@@ -1,4 +1,8 @@
-"""The competition contract: RLE, Dice, submission.csv, validator, scorer, metrics."""
+"""The competition contract: RLE, Dice, submission.csv, validator, scorer, metrics, JSON files."""
+
+import glob
+import json
+import os
 
 import numpy as np
 import pytest
@@ -243,3 +247,28 @@ def test_keras_metrics_match_numpy():
     pred = np.where(t == 255, 0, logits.argmax(-1))
     want = np.mean([common.segmentation_dice(a, b) for a, b in zip(pred, t)])
     assert float(md.result()) == pytest.approx(want, abs=1e-6)
+
+
+def strict_json(text):
+    """json.loads that refuses NaN/Infinity tokens, as JSON readers outside Python do."""
+    return json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+
+
+def test_write_json_is_strict_with_null_for_undefined_values(tmp_path):
+    path = str(tmp_path / "m.json")
+    common.write_json(path, {"ap": [0.5, float("nan"), np.float32("nan")], "psnr": float("inf"),
+                             "iou": np.array([1.0, np.nan]), "n": np.int64(3), "pair": (1, -np.inf)})
+    want = {"ap": [0.5, None, None], "psnr": None, "iou": [1.0, None], "n": 3, "pair": [1, None]}
+    assert strict_json(open(path).read()) == want and common.read_json(path) == want
+
+
+def test_run_folders_hold_strict_json(tiny_runs):
+    """Issue 15 case 10: classes with no validation image (most, in the tiny demo's validation
+    split) are null in metrics.json, not NaN; every JSON file of both runs parses strictly."""
+    files = [f for run in tiny_runs for f in glob.glob(os.path.join(run, "*.json"))]
+    assert {os.path.basename(f) for f in files} >= {"metrics.json", "config.json", "state.json", "thresholds.json"}
+    for f in files:
+        strict_json(open(f).read())
+    cls_metrics = strict_json(open(os.path.join(tiny_runs[0], "metrics.json")).read())
+    seg_metrics = strict_json(open(os.path.join(tiny_runs[1], "metrics.json")).read())
+    assert None in cls_metrics["val_ap"].values() and None in seg_metrics["val_iou"].values()
