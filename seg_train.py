@@ -183,10 +183,30 @@ def grid_size(hw, longer_side):
     return max(1, round(hw[0] * s)), max(1, round(hw[1] * s))
 
 
+DOMINANCE_MARGIN = 1e-5  # far above the float32 rounding of a bilinear weight sum of values in [0, 1]
+
+
+def _contenders(probs, allowed):
+    """Bool per class: the allowed classes that can win the argmax somewhere after any bilinear
+    resize of probs (h, w, C). Each resized pixel is a convex combination of one 2x2 cell of the
+    grid (same weights for every class), so a class whose maximum over a cell lies below another
+    class's minimum over that cell (by DOMINANCE_MARGIN) loses everywhere that cell supports; a
+    class doing so in every cell can be left out of the resize without changing the result."""
+    p = tf.where(allowed, probs, -1.0)
+    p = tf.pad(p, [[0, 1], [0, 1], [0, 0]], mode="SYMMETRIC")[None]  # a 1-pixel grid still has cells
+    high = tf.nn.max_pool2d(p, 2, 1, "VALID")[0]  # per 2x2 cell
+    low = -tf.nn.max_pool2d(-p, 2, 1, "VALID")[0]
+    beaten = high + DOMINANCE_MARGIN < tf.reduce_max(low, -1, keepdims=True)
+    return allowed & ~tf.reduce_all(beaten, axis=[0, 1])
+
+
 @tf.function(reduce_retracing=True)
 def _label_map(probs, size, allowed):
-    up = tf.image.resize(probs, size)
-    return tf.cast(tf.argmax(tf.where(allowed, up, -1.0), axis=-1), tf.uint8)
+    """Bilinear resize to size, then the argmax among allowed classes, resizing only the classes
+    that can win (_contenders): bit-identical to resizing all, faster with few contenders."""
+    keep = tf.cast(tf.where(_contenders(probs, allowed))[:, 0], tf.int32)
+    up = tf.image.resize(tf.gather(probs, keep, axis=-1), size)
+    return tf.cast(tf.gather(keep, tf.argmax(up, axis=-1, output_type=tf.int32)), tf.uint8)
 
 
 def label_map(probs, size, allowed=None):

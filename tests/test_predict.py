@@ -87,6 +87,27 @@ def test_label_map_resizes_then_takes_the_allowed_argmax():
     assert (mask[:, :2] == 4).all() and (mask[:, -2:] == 0).all()
 
 
+def test_label_map_shortcut_is_bit_identical_to_resizing_every_class():
+    """label_map resizes only the classes that can still win the argmax: same map as resizing all
+    21, on confident, near-tied and exactly tied probabilities, 1-pixel grids, up and down."""
+    import tensorflow as tf
+    rng = np.random.default_rng(0)
+    for k in range(150):
+        h, w = rng.integers(1, 12, 2)
+        logits = rng.normal(0, [3.0, 0.01, 1.0][k % 3], (h, w, 21))
+        if k % 3 == 2:  # background plus one object class, the rest far below
+            logits[..., 1:] -= 6
+            logits[..., rng.integers(1, 21)] += 6
+        probs = tf.nn.softmax(logits.astype(np.float32)).numpy()
+        if k % 5 == 0:
+            probs[0, 0] = probs[0, 0, 0]  # exact ties
+        allowed = rng.random(21) < 0.8
+        allowed[0] = True
+        size = tuple(rng.integers(1, 30, 2))
+        full = tf.argmax(tf.where(allowed, tf.image.resize(probs, size), -1.0), axis=-1).numpy()
+        np.testing.assert_array_equal(seg_train.label_map(probs, size, allowed), full)
+
+
 def test_wrong_inputs_give_one_line_errors(demo_dir, tiny_runs, tmp_path, capsys):
     cases = [
         (["--cls", tiny_runs[1], "--seg", tiny_runs[1]], "holds a segmentation model, not a classification"),
