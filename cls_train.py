@@ -27,21 +27,14 @@ DEFAULTS = {  # per model: image size, epochs (total), warm-up epochs (frozen ba
 # ----------------------------------------------------------------------------------------------
 # Models
 
-def conv_bn_relu(x, filters, name):
-    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    # momentum .9: small data, adapt fast; synchronized: batch statistics over all replicas
-    x = keras.layers.BatchNormalization(momentum=0.9, synchronized=True, name=f"{name}_bn")(x)
-    return keras.layers.ReLU(name=f"{name}_relu")(x)
-
-
 def build_scratch(img_size=128, width=32, dropout=0.4):
     """VGG-like: five blocks of two conv-BN-ReLU layers and max pooling, global average pooling,
     dropout and 20 sigmoid outputs. Takes float images in [0, 255]."""
     inputs = keras.Input((img_size, img_size, 3), name="image")
     x = keras.layers.Rescaling(1 / 255.0, name="preprocess")(inputs)
     for b, filters in enumerate([width, 2 * width, 4 * width, 8 * width, 8 * width]):
-        x = conv_bn_relu(x, filters, f"block{b + 1}a")
-        x = conv_bn_relu(x, filters, f"block{b + 1}b")
+        x = common.conv_bn_relu(x, filters, f"block{b + 1}a")
+        x = common.conv_bn_relu(x, filters, f"block{b + 1}b")
         x = keras.layers.MaxPooling2D(name=f"block{b + 1}_pool")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
@@ -151,16 +144,20 @@ def load_run(run_dir):
     return model, config, thresholds
 
 
+def image_only(x, y):
+    """The image of an (image, labels) pair, for Dataset.map."""
+    return x
+
+
+def mirror(x):
+    """A batch (B, H, W, 3) flipped left-right."""
+    return x[:, :, ::-1]
+
+
 def predict_probs(model, split, examples, config, batch_size=32, flip=False):
     """Class probabilities (N, 20) for every image of a split (optionally averaged with the
     horizontally flipped image)."""
     ds = common.make_dataset(split, examples, config["img_size"], batch_size, fit=config["fit"])
-    def image_only(x, y):
-        return x
-
-    def mirror(x):
-        return x[:, :, ::-1]
-
     images = ds.map(image_only)
     probs = model.predict(images, verbose=0)
     if flip:
@@ -202,7 +199,7 @@ def train(data="demo", model="scratch", out="runs/cls", img_size=None, epochs=No
         raise common.UserError(f"unknown --model {model!r}; choose scratch or mobilenetv2")
     if loss not in ("bce", "focal", "asl"):
         raise common.UserError(f"unknown --loss {loss!r}; choose bce, focal or asl")
-    verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
+    verbose = common.keras_verbosity(verbose)
     jit_compile = common.jit_flag(jit)
     strategy, devices = common.setup_devices(strategy, mixed_precision, batch_size, lr)
     batch_size, lr = devices["global_batch_size"], devices["lr"]

@@ -1278,7 +1278,17 @@ def legend(classes, height=16):
 
 
 # ----------------------------------------------------------------------------------------------
-# Pretrained backbones (ImageNet weights only; never weights trained on VOC)
+# Model building blocks and pretrained backbones (ImageNet weights only; never weights trained on VOC)
+
+def conv_bn_relu(x, filters, name, kernel=3, separable=False):
+    """Conv (or depthwise-separable conv) without bias, BatchNorm, ReLU: layers `{name}_conv`,
+    `{name}_bn`, `{name}_relu` (saved models and attack.py's feature taps rely on these names)."""
+    conv = keras.layers.SeparableConv2D if separable else keras.layers.Conv2D
+    x = conv(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    # momentum .9: small data, adapt fast; synchronized: batch statistics over all replicas
+    x = keras.layers.BatchNormalization(momentum=0.9, synchronized=True, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
 
 # name: (constructor, first layer of the top stage to fine-tune, input scaling, skip layers at
 # strides 2, 4, 8, 16 for U-Nets)
@@ -1571,6 +1581,12 @@ def resume_model(out, state):
     """The model of an interrupted run as saved after its last finished epoch, optimizer included."""
     print(f"resuming after epoch {state.get('epoch', 0)} (best so far {state.get('best')})", flush=True)
     return keras.models.load_model(os.path.join(out, "last.keras"), safe_mode=True)
+
+
+def keras_verbosity(verbose=None):
+    """Keras' verbose= for fit: None picks 1 (a progress bar) on a terminal and 2 (one line per
+    epoch) when output goes to a file or a notebook log; any other value is returned as it is."""
+    return (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
 
 
 def fit_stages(net, stages, train_ds, val_ds, out, state, monitor="val_dice", patience=10, time_limit=None,

@@ -71,7 +71,7 @@ def run(data=None, cls="runs/cls", seg="runs/seg", out="runs/predict", split="te
     cls_flip = "flip" in tta or "cls-flip" in tta
     seg_flip = "flip" in tta or "seg-flip" in tta
     cls_model, cls_config, thresholds = cls_train.load_run(cls)
-    seg_model, seg_config = seg_train.load_run(seg)
+    seg_model, seg_config = common.load_run(seg, "segmentation")
     with common.run_folder(out, overwrite=overwrite, progress="submission.csv"):  # kept once written
         data_split = pick_split(data, split, cls_config, seg_config)
         if len(data_split) == 0:

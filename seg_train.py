@@ -31,19 +31,12 @@ STRIDE = 32  # both networks downsample 32x: inputs are padded to a multiple of 
 # ----------------------------------------------------------------------------------------------
 # Models
 
-def conv_bn_relu(x, filters, name, kernel=3, separable=False):
-    conv = keras.layers.SeparableConv2D if separable else keras.layers.Conv2D
-    x = conv(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(momentum=0.9, synchronized=True, name=f"{name}_bn")(x)  # over all replicas
-    return keras.layers.ReLU(name=f"{name}_relu")(x)
-
-
 def up_block(x, skip, filters, name, separable=False):
     """Resize-conv upsampling (bilinear x2: no checkerboard artefacts), concatenation with the
     encoder's skip connection, one conv-BN-ReLU."""
     x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_up")(x)
     x = keras.layers.Concatenate(name=f"{name}_concat")([x, skip])
-    return conv_bn_relu(x, filters, name, separable=separable)
+    return common.conv_bn_relu(x, filters, name, separable=separable)
 
 
 def head(x):
@@ -60,12 +53,12 @@ def build_unet(img_size=None, width=16):
     x = keras.layers.Rescaling(1 / 255.0, name="preprocess")(inputs)
     skips = []
     for level, filters in enumerate(widths, 1):
-        x = conv_bn_relu(x, filters, f"enc{level}a")
-        x = conv_bn_relu(x, filters, f"enc{level}b")
+        x = common.conv_bn_relu(x, filters, f"enc{level}a")
+        x = common.conv_bn_relu(x, filters, f"enc{level}b")
         skips.append(x)
         x = keras.layers.MaxPooling2D(name=f"enc{level}_pool")(x)
-    x = conv_bn_relu(x, width * 10, "bottleneck_a")
-    x = conv_bn_relu(x, width * 10, "bottleneck_b")
+    x = common.conv_bn_relu(x, width * 10, "bottleneck_a")
+    x = common.conv_bn_relu(x, width * 10, "bottleneck_b")
     for level in reversed(range(len(widths))):
         x = up_block(x, skips[level], widths[level], f"dec{level + 1}")
     return keras.Model(inputs, head(x), name="unet")
@@ -83,10 +76,10 @@ def build_transfer_unet(img_size=None, backbone="mobilenetv2", weights="imagenet
     inputs = keras.Input((img_size, img_size, 3), name="image")
     x = preprocess(inputs) if preprocess is not None else inputs
     *skips, x = encoder(x, training=False)
-    x = conv_bn_relu(x, decoder[0], "reduce", kernel=1)
+    x = common.conv_bn_relu(x, decoder[0], "reduce", kernel=1)
     for k, filters in enumerate(decoder):
         level = len(decoder) - k
-        skip = conv_bn_relu(skips[-1 - k], filters // 2, f"skip{level}", kernel=1)
+        skip = common.conv_bn_relu(skips[-1 - k], filters // 2, f"skip{level}", kernel=1)
         x = up_block(x, skip, filters, f"dec{level}", separable=True)
     x = head(x)
     x = keras.layers.UpSampling2D(2, interpolation="bilinear", dtype="float32", name="full_size")(x)
@@ -133,11 +126,6 @@ class SegLoss(keras.losses.Loss):
 
 # ----------------------------------------------------------------------------------------------
 # Whole-image prediction at original size (also used by predict.py and attack.py)
-
-def load_run(run_dir):
-    """(model, config) of a finished segmentation run folder."""
-    return common.load_run(run_dir, "segmentation")
-
 
 def canvas_size(img_size, scale):
     return int(np.ceil(img_size * scale / STRIDE) * STRIDE)
@@ -267,7 +255,7 @@ def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None,
     warmup_epochs = d["warmup_epochs"] if warmup_epochs is None else warmup_epochs
     if img_size % STRIDE:
         raise common.UserError(f"--img-size must be a multiple of {STRIDE}, not {img_size}")
-    verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
+    verbose = common.keras_verbosity(verbose)
     jit_compile = common.jit_flag(jit)
     strategy, devices = common.setup_devices(strategy, mixed_precision, batch_size, lr)
     batch_size, lr = devices["global_batch_size"], devices["lr"]

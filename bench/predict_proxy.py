@@ -43,7 +43,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
 
     cls_model, cls_config, thresholds = cls_train.load_run(args.cls)
-    seg_model, seg_config = seg_train.load_run(args.seg)
+    seg_model, seg_config = common.load_run(args.seg, "segmentation")
     val = predict.pick_split(args.data, "val", cls_config, seg_config)
     truth = predict.solution_for(val, "val", args.out)
     examples = common.load_examples(val, masks=False)

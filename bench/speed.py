@@ -139,7 +139,7 @@ def part_predict():
 
     t = time.perf_counter()
     cls_model, cls_config, _ = cls_train.load_run(cls_run)
-    seg_model, seg_config = seg_train.load_run(seg_run)
+    seg_model, seg_config = common.load_run(seg_run, "segmentation")
     load = time.perf_counter() - t
     size, batch = seg_train.canvas_size(seg_config["img_size"], 1.0), 8
     canvas = np.full((2 * batch, size, size, 3), 114, np.float32)  # a batch and its mirror (seg-flip)

@@ -33,7 +33,7 @@ def test_unet_run_and_original_size_predictions(demo_dir, tmp_path):
     model, history = seg_train.train(data=demo_dir, model="unet", out=out, img_size=64, epochs=2, width=8,
                                      batch_size=4, verbose=0)
     check_run_folder(out)
-    loaded, config = seg_train.load_run(out)
+    loaded, config = common.load_run(out, "segmentation")
     rng = np.random.default_rng(0)
     sizes = [(333, 500), (500, 281), (37, 101), (64, 64)]
     images = [rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for h, w in sizes]
