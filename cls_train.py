@@ -190,7 +190,45 @@ def train(data="demo", model="scratch", out="runs/cls", img_size=None, epochs=No
           batch_size=None, lr=None, weights="imagenet", backbone="mobilenetv2", loss="bce",
           balance=True, val_fraction=0.2, patience=10, time_limit=None, width=32, seed=0,
           resume=False, overwrite=False, strategy="auto", mixed_precision="auto", jit="auto", verbose=None):
-    """Train a classifier and write its run folder. Returns (best model, history dict)."""
+    """Train a 20-class multi-label classifier and write its run folder `out`.
+
+    data: dataset folder (competition or VOC devkit layout), 'demo' (the built-in synthetic set,
+        generated and cached on first use) or None (the competition data under /kaggle/input).
+    model: 'scratch' (VGG-like CNN, random init) or 'mobilenetv2' (transfer: an ImageNet
+        `backbone` with a new head, frozen for `warmup_epochs`, then fine-tuned from its top stage).
+    img_size: square input side in pixels; images are resized to it, aspect ratio not kept
+        (default: scratch 128, mobilenetv2 224).
+    epochs: total epochs, warm-up included (default: scratch 60, mobilenetv2 15).
+    warmup_epochs: transfer only: epochs with the backbone frozen (default 5); the rest run with
+        the top stage unfrozen at lr / 10.
+    batch_size: images per replica per step (default: scratch 32, mobilenetv2 16).
+    lr: AdamW learning rate at the start of each stage, cosine-decayed over the stage (default:
+        scratch 2e-3, mobilenetv2 1e-3). batch_size and lr are multiplied by the replica count.
+    weights: transfer only: 'imagenet', 'none' (random init) or the path of a no-top .h5 file.
+    backbone: transfer only: a name in common.BACKBONES (default 'mobilenetv2').
+    loss: 'bce', 'focal' or 'asl' (MultiLabelLoss; default 'bce').
+    balance: weight each class's positives by sqrt(negatives / positives), capped at 5 (default True).
+    val_fraction: share of the labelled images held out for validation, every class with at
+        least 2 images on both sides (default 0.2).
+    patience: early stopping on validation Dice, in epochs, per stage (default 10).
+    time_limit: minutes; training stops before an epoch that would end later (default None: no limit).
+    width: scratch only: filters in the first block, doubled up to 8 x width (default 32).
+    seed: seeds the split, the initialisation and the augmentation (default 0).
+    resume: continue the interrupted run in `out` from its last finished epoch.
+    overwrite: replace an existing `out` (put back if the new run fails before its first epoch).
+    strategy, mixed_precision, jit: see common.add_device_args (default 'auto' each).
+    verbose: Keras fit verbosity (0 silent, 1 progress bar, 2 one line per epoch; default None:
+        common.keras_verbosity, 1 on a terminal, else 2).
+
+    Returns (best, history): best is the model of the epoch with the best validation Dice, as
+    reloaded from out/model.keras (not compiled); history maps each Keras log key ('loss',
+    'dice', 'val_loss', 'val_dice', ...) to its per-epoch values for the epochs this call ran.
+    Also writes thresholds.json, metrics.json, log.csv, curves.png, gallery.png, config.json.
+    Raises common.UserError for an unknown model, loss, backbone or device option, weights that
+    cannot be loaded, data that is missing, unreadable or has fewer than 2 labelled images, an
+    existing `out` without resume or overwrite, resume without an interrupted run, or training
+    that ends with no epoch of finite loss; a run that fails before its first epoch leaves no folder.
+    """
     d = DEFAULTS["scratch" if model == "scratch" else "mobilenetv2"]
     img_size, epochs = img_size or d["img_size"], epochs or d["epochs"]
     batch_size, lr = batch_size or d["batch_size"], lr or d["lr"]

@@ -61,8 +61,36 @@ def fuse(cls_probs, thresholds, seg_probs, rules=(), drop_below=0.05, add_area=0
 def run(data=None, cls="runs/cls", seg="runs/seg", out="runs/predict", split="test", tta=("seg-flip",),
         scales=(0.75, 1.0, 1.25), fuse_rules=("drop",), drop_below=0.05, add_area=0.05, min_area=0.002,
         score=False, truth=None, batch_size=8, overwrite=False):
-    """Predict a split, write submission.csv (and scores with score=True). Returns the scores
-    dict (or None) and the submission path."""
+    """Predict every image of a split with a classification and a segmentation run, fuse the two,
+    and write submission.csv, predictions.json and gallery.png into `out` (scores.json with score).
+
+    data: dataset folder, 'demo' or None (the competition data under /kaggle/input).
+    cls, seg: finished run folders of cls_train.py and seg_train.py (default runs/cls, runs/seg).
+    split: 'test', or 'val': the training images both runs held out for validation (default 'test').
+    tta: items of TTA: 'seg-flip' (the segmenter also sees the mirrored image), 'cls-flip' (the
+        classifier too), 'flip' (both), 'scales' (the segmenter at each of `scales`); the results
+        are averaged in probability space (default ('seg-flip',); () for none).
+    scales: with 'scales' in tta, multiples of the segmenter's img_size (default 0.75, 1.0, 1.25).
+    fuse_rules: items of RULES, applied per image by fuse() (default ('drop',)).
+    drop_below: rule 'drop': a class whose classifier probability is below this leaves the mask (default 0.05).
+    add_area: rule 'add': a class covering at least this fraction of the image in the mask is
+        added to the labels (default 0.05).
+    min_area: rule 'small': a class covering less than this fraction of the image is set to
+        background (default 0.002).
+    score: also score the submission (default False) against `truth`: by default solution.csv
+        beside the test split, or, for split='val', out/solution_val.csv built from the masks.
+    batch_size: images per segmenter call (default 8).
+    overwrite: replace an existing `out`.
+
+    Returns (scores, path): scores is common.score_submission's dict ('classification',
+    'segmentation' and 'score': mean Dice over each half's rows and over all rows; 'images'), or
+    None without score; path is out/submission.csv.
+    Raises common.UserError for an unknown fuse rule or TTA item, a run folder that is not a
+    finished run of its task, a split other than test or val, a split without images, runs that
+    share no validation images, an existing `out` without overwrite, or score on a test split
+    without labels and no truth. A failure once submission.csv is complete (re-reading it,
+    predictions.json, gallery.png, scoring) becomes a UserError that says so; the file is kept.
+    """
     unknown = set(fuse_rules) - set(RULES)
     if unknown:
         raise common.UserError(f"unknown --fuse rule {sorted(unknown)[0]!r}; choose from {', '.join(RULES)}")

@@ -34,8 +34,27 @@ TRANSFER = {
 
 
 def run(data="demo", out="runs/all", transfer=False, overwrite=False, verbose=2, plan=None):
-    """Run every stage into `out` and return the summary numbers. `plan` overrides the arguments
-    of the stages (a dict like QUICK)."""
+    """Run every stage into `out`: data check, classifier, segmenter, attack generator against the
+    classifier, prediction of the test split (scored when it has labels) and of the validation
+    split (always scored), then summary.md. Each stage writes a subfolder: data_check, cls, seg,
+    attack, predict, predict_val.
+
+    data: dataset folder, 'demo' (default; the built-in synthetic set) or None (the competition
+        data under /kaggle/input).
+    transfer: use TRANSFER (MobileNetV2 models at their default sizes and epochs) instead of
+        QUICK (small scratch models; about 8 minutes on the demo with a 2-core CPU). Default False.
+    overwrite: replace an existing `out` (put back if the run fails before cls/metrics.json exists).
+    verbose: Keras verbosity of the training stages (0 silent, 1 progress bar, 2 one line per
+        epoch; default 2).
+    plan: replaces QUICK / TRANSFER (then `transfer` is ignored): a dict whose 'cls', 'seg' and
+        'attack' entries are keyword arguments of cls_train.train, seg_train.train and attack.run.
+
+    Returns the summary dict: 'cls', 'seg', 'attack' (each stage's metrics.json), 'test' (the
+    test split's scores dict, None when it has no images or no solution.csv), 'val' (the
+    validation split's scores dict) and 'times' (seconds per stage and 'total').
+    Raises common.UserError for an existing `out` without overwrite, or whatever a stage raises
+    (bad data, a bad plan entry, ...), naming the problem in one line.
+    """
     with common.run_folder(out, overwrite=overwrite, progress=os.path.join("cls", "metrics.json")):
         plan = plan or (TRANSFER if transfer else QUICK)
         t0 = time.time()

@@ -244,7 +244,48 @@ def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None,
           batch_size=None, lr=None, finetune_factor=0.25, weights="imagenet", backbone="mobilenetv2", loss="ce+dice",
           val_fraction=0.2, balance=False, patience=12, time_limit=None, width=16, seed=0, resume=False,
           overwrite=False, strategy="auto", mixed_precision="auto", jit="auto", verbose=None):
-    """Train a segmenter and write its run folder. Returns (best model, history dict)."""
+    """Train a 21-class segmenter (background + 20; void pixels ignored) and write its run folder `out`.
+
+    data: dataset folder (competition or VOC devkit layout) with a mask for every training
+        image, 'demo' (the built-in synthetic set) or None (the competition data under /kaggle/input).
+    model: 'unet' (U-Net from random init) or 'mobilenetv2_unet' (U-Net whose encoder is an
+        ImageNet `backbone`, frozen for `warmup_epochs`, then fine-tuned from its top stage).
+    img_size: side in pixels of the square training crops (random rescale 0.5-1.5 and crop), a
+        multiple of 32 (default: unet 160, mobilenetv2_unet 256). Per-epoch validation letterboxes
+        whole images to img_size; metrics.json scores whole images predicted with their longer
+        side at img_size (segment) and resized back to their original size.
+    epochs: total epochs, warm-up included (default: unet 60, mobilenetv2_unet 30).
+    warmup_epochs: transfer only: epochs with the encoder frozen (default 8).
+    batch_size: images per replica per step (default 8).
+    lr: AdamW learning rate at the start of each stage, cosine-decayed over the stage (default:
+        unet 5e-3, mobilenetv2_unet 2e-3). batch_size and lr are multiplied by the replica count.
+    finetune_factor: transfer only: the fine-tuning stage starts at lr * finetune_factor (default 0.25).
+    weights: transfer only: 'imagenet', 'none' (random init) or the path of a no-top .h5 file.
+    backbone: transfer only: a name in common.BACKBONES (default 'mobilenetv2').
+    loss: 'ce', 'dice' or 'ce+dice' (SegLoss; default 'ce+dice').
+    val_fraction: share of the labelled images held out for validation (default 0.2).
+    balance: repeat-factor sampling: images of rare classes repeat within an epoch (default False).
+    patience: early stopping on validation Dice, in epochs, per stage (default 12).
+    time_limit: minutes; training stops before an epoch that would end later (default None: no limit).
+    width: unet only: filters at full resolution (default 16; up to 8 x width deeper, 10 x at the bottleneck).
+    seed: seeds the split, the initialisation and the augmentation (default 0).
+    resume: continue the interrupted run in `out` from its last finished epoch.
+    overwrite: replace an existing `out` (put back if the new run fails before its first epoch).
+    strategy, mixed_precision, jit: see common.add_device_args (default 'auto' each).
+    verbose: Keras fit verbosity (0 silent, 1 progress bar, 2 one line per epoch; default None:
+        common.keras_verbosity, 1 on a terminal, else 2).
+
+    Returns (best, history): best is the model of the epoch with the best validation Dice, as
+    reloaded from out/model.keras (not compiled; takes any input size that is a multiple of 32);
+    history maps each Keras log key ('loss', 'miou', 'dice', 'val_loss', 'val_miou', 'val_dice',
+    ...) to its per-epoch values for the epochs this call ran. Also writes metrics.json (at
+    original resolution), log.csv, curves.png, gallery.png, config.json.
+    Raises common.UserError for an unknown model, loss, backbone or device option, an img_size
+    that is not a multiple of 32, weights that cannot be loaded, data that is missing,
+    unreadable, without masks or with fewer than 2 labelled images, an existing `out` without
+    resume or overwrite, resume without an interrupted run, or training that ends with no epoch
+    of finite loss; a run that fails before its first epoch leaves no folder.
+    """
     if model not in DEFAULTS:
         raise common.UserError(f"unknown --model {model!r}; choose unet or mobilenetv2_unet")
     if loss not in ("ce", "dice", "ce+dice"):
