@@ -65,6 +65,35 @@ def learned_seg(learn_dir, tmp_path_factory):
     return out
 
 
+def record_initial_backbone(monkeypatch, module, builder):
+    """Wrap module.<builder> so the weights of the backbone it builds are recorded at construction:
+    the exact starting point of the model a training run then trains (random or ImageNet alike).
+    Returns the dict {layer name: weights} that the build fills."""
+    recorded = {}
+    build = getattr(module, builder)
+
+    def recording(*args, **kwargs):
+        net = build(*args, **kwargs)
+        recorded.update({layer.name: [np.array(w, copy=True) for w in layer.get_weights()]
+                         for layer in common.backbone_of(net).layers})
+        return net
+
+    monkeypatch.setattr(module, builder, recording)
+    return recorded
+
+
+def changed_backbone_layers(initial, net):
+    """{layer name: whether any of its weights differs from `initial`} over the backbone of net."""
+    assert initial, "the backbone was never built"
+    return {layer.name: any(not np.array_equal(a, b) for a, b in zip(initial[layer.name], layer.get_weights()))
+            for layer in common.backbone_of(net).layers}
+
+
+def assert_batchnorm_unchanged(changed):
+    bn = [k for k in changed if "bn" in k.lower() or k.endswith("_BN")]
+    assert bn and not any(changed[k] for k in bn), [k for k in bn if changed[k]]
+
+
 def write_voc(root, examples, test_examples=()):
     """Write (image, mask) pairs as a VOC devkit folder: JPEGs, palette PNG masks, ImageSets."""
     os.makedirs(os.path.join(root, "JPEGImages"))

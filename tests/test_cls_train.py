@@ -10,7 +10,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import HAVE_IMAGENET, ROOT
+from conftest import HAVE_IMAGENET, ROOT, assert_batchnorm_unchanged, changed_backbone_layers, record_initial_backbone
 
 import cls_train
 import common
@@ -51,27 +51,23 @@ def test_scratch_run_writes_everything_and_reloads(demo_dir, tmp_path):
 
 
 @pytest.mark.parametrize("weights, warmup", [("imagenet", 1), ("imagenet", 0), ("none", 1)])
-def test_transfer_run_freezes_backbone_statistics(demo_dir, tmp_path, weights, warmup):
+def test_transfer_run_freezes_backbone_statistics(demo_dir, tmp_path, monkeypatch, weights, warmup):
     if weights == "imagenet" and not HAVE_IMAGENET:
         pytest.skip("no offline ImageNet weights in ../shared/keras_home")
     out = str(tmp_path / "run")
-    fresh = cls_train.build_transfer(96, "mobilenetv2", weights)
+    initial = record_initial_backbone(monkeypatch, cls_train, "build_transfer")  # the weights train() starts from
     model, history = cls_train.train(data=demo_dir, model="mobilenetv2", out=out, img_size=96, epochs=2,
                                      warmup_epochs=warmup, batch_size=8, weights=weights, verbose=0)
     check_run_folder(out)
     assert len(history["loss"]) == 2
-    if weights == "none":  # random init: nothing to compare against
-        return
-    base_before = next(l for l in fresh.layers if isinstance(l, keras.Model))
-    base_after = next(l for l in model.layers if isinstance(l, keras.Model))
-    changed = {a.name: any(not np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
-               for a, b in zip(base_before.layers, base_after.layers)}
-    assert not any(v for k, v in changed.items() if "bn" in k.lower() or k.endswith("_BN"))  # BN never moves
+    changed = changed_backbone_layers(initial, model)
+    assert_batchnorm_unchanged(changed)  # BN never moves
     assert not changed["Conv1"] and not changed["block_12_project"]  # below the fine-tuned stage
     if warmup == 0:  # every epoch fine-tuned, so the best model has a changed top stage
         assert changed["block_14_project"] and changed["Conv_1"]
 
 
+@pytest.mark.slow
 def test_scratch_model_beats_constant_baseline(learned_cls):
     metrics = check_run_folder(learned_cls)
     assert metrics["val_dice_tuned"] > metrics["baseline_dice"] + 0.08, metrics
@@ -125,6 +121,7 @@ def test_bad_arguments_give_one_line_errors(demo_dir, tmp_path, capsys):
     assert os.listdir(out) == ["something"]  # the existing folder is untouched
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill(demo_dir, tmp_path):
     """Kill a real run mid-training, resume it: at most one epoch is lost and it finishes."""
     out = str(tmp_path / "run")

@@ -298,7 +298,8 @@ def test_cli_reports_bad_data_in_one_line(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not os.path.isdir(PROXY), reason="../shared/proxy not present")
-def test_proxy_reads_every_image_and_mask_within_a_minute(capsys):
+@pytest.mark.slow
+def test_proxy_reads_every_image_and_mask_within_a_minute():
     t = time.time()
     train, test = common.dataset_summary(PROXY)
     assert time.time() - t < 60

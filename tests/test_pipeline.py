@@ -46,7 +46,7 @@ def test_shapes_dtypes_and_values(demo_train, training):
         np.testing.assert_array_equal(np.concatenate([y["labels"] for _, y in got]), split.labels)
 
 
-def test_letterbox_pads_with_void(demo_train):
+def test_letterbox_pads_with_void():
     image = np.full((20, 40, 3), 200, np.uint8)
     mask = np.full((20, 40), 3, np.uint8)
     x, m = common.fit_to_size(tf.constant(image, tf.float32), tf.constant(mask), 32)
@@ -81,7 +81,7 @@ def test_augmentation_keeps_image_and_mask_aligned():
         assert np.allclose(x[~valid], common.PAD_VALUE)
 
 
-def test_augmentation_flips_both(demo_train):
+def test_augmentation_flips_both():
     image = np.zeros((32, 32, 3), np.uint8)
     image[:, :8, 0] = 250
     mask = np.zeros((32, 32), np.uint8)

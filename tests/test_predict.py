@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 import common
 import predict
@@ -17,11 +18,17 @@ def test_predict_test_split_writes_a_valid_scored_submission(demo_dir, tiny_runs
     test = common.load_split(demo_dir, "test")
     sizes = [n for p in test.image_paths for n in (20, 20 * int(np.prod(common.image_size(p))))]
     assert common.validate_submission(path, test.ids, sizes) == 2 * len(test)
-    for key in ("classification", "segmentation", "score"):
-        assert 0.0 <= scores[key] <= 1.0
     assert json.load(open(os.path.join(out, "scores.json")))["score"] == scores["score"]
     info = json.load(open(os.path.join(out, "predictions.json")))
     assert list(info["images"]) == test.ids and all(info["images"][i]["labels"] for i in test.ids)
+    # the scores are those of these predictions: the classification half is the mean Dice of
+    # predictions.json's labels against solution.csv's, the joint score the mean of the halves
+    truth = {r["Id"]: common.rle_decode(r["Predicted"], (20,)) for r in
+             common.read_submission(os.path.join(demo_dir, "solution.csv")) if r["Id"].endswith("_classification")}
+    labels = [[name in info["images"][i]["labels"] for name in common.CLASSES] for i in test.ids]
+    expected = common.classification_dice(np.array(labels), np.array([truth[f"{i}_classification"] for i in test.ids]))
+    assert scores["classification"] == pytest.approx(expected, abs=1e-12)
+    assert scores["score"] == pytest.approx((scores["classification"] + scores["segmentation"]) / 2, abs=1e-12)
     assert os.path.getsize(os.path.join(out, "gallery.png")) > 0
 
 

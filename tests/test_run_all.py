@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 import common
 import run_all
 
@@ -12,6 +14,7 @@ TINY = {
 }
 
 
+@pytest.mark.slow
 def test_whole_job_writes_a_valid_scored_submission_and_summary(demo_dir, tmp_path):
     out = str(tmp_path / "all")
     summary = run_all.run(demo_dir, out, plan=TINY, verbose=0)
@@ -20,9 +23,14 @@ def test_whole_job_writes_a_valid_scored_submission_and_summary(demo_dir, tmp_pa
     rows = common.read_submission(submission)
     assert len(rows) == 2 * len(test)
     common.validate_rows([(r["Id"], r["Predicted"]) for r in rows], test.ids)
-    for scores in (summary["test"], summary["val"]):
-        assert 0.0 <= scores["classification"] <= 1.0 and 0.0 <= scores["segmentation"] <= 1.0
-        assert 0.0 <= scores["score"] <= 1.0
+    for name, scores in (("predict", summary["test"]), ("predict_val", summary["val"])):
+        written = common.read_json(os.path.join(out, name, "scores.json"))
+        assert {k: v for k, v in written.items() if k != "truth"} == scores
+        assert scores["score"] == pytest.approx((scores["classification"] + scores["segmentation"]) / 2, abs=1e-12)
+    # the stages fit together: on the validation images both runs held out, the submission's
+    # classification half is the Dice the classifier measured with its tuned thresholds
+    assert summary["val"]["images"] == summary["cls"]["val_images"]
+    assert summary["val"]["classification"] == pytest.approx(summary["cls"]["val_dice_tuned"], abs=1e-9)
     text = open(os.path.join(out, "summary.md")).read()
     for figure in ("cls/curves.png", "seg/gallery.png", "attack/panel.png", "predict/gallery.png"):
         assert os.path.isfile(os.path.join(out, figure)) and f"({figure})" in text
