@@ -2,28 +2,38 @@
 
     python attack.py --target runs/cls --goal cls_targeted --class aeroplane --eps 8 --out runs/attack_cls
     python attack.py --target runs/cls --goal cls_untargeted --eps 8 --out runs/attack_untargeted
-    python attack.py --target runs/seg --goal seg_targeted --class chair --eps 8 --out runs/attack_seg
+    python attack.py --target runs/seg --goal seg_targeted --class chair --eps 16 --out runs/attack_seg
 
-The generator is an encoder-decoder CNN f(x, c) -> delta, conditioned on the deceptive target c
-(class one-hot maps; for segmentation the target class painted on the target region), bounded by
-construction: delta = eps * tanh(raw) for --norm linf (eps in pixel units out of 255), or raw
-scaled into the L2 ball of radius eps (in [0, 1] pixel units) for --norm l2; x + delta is
-clipped to [0, 255]. It trains with a custom train_step against the frozen target model
-(loss = attack loss + lambda * mean squared perturbation) on the target run's training images,
-and is evaluated on its validation images, which it never saw, beside FGSM and PGD-10 at the
-same budget. Attacks act on the model's input image (resized to its input size).
+The generator is an image-conditioned encoder-decoder CNN f(x, c) -> delta: its encoder is the
+frozen target's own feature maps (one pass of the target's encoder per image), its decoder is
+trained; the image and a condition map c (the deceptive target: class one-hot maps; for
+segmentation the target class painted on the target region) in, a perturbation in pixel units
+out. The budget holds by construction for every image: delta = eps * tanh(2 raw / rms(raw)) is
+inside the L-inf ball of radius --eps (levels out of 255) and, with --psnr-min, is scaled into
+the L2 ball that gives that PSNR; x + delta is clipped to [0, 255]. Normalising by the image's
+RMS keeps the tanh from saturating, so the generator's gradients stay alive.
 
-The run folder gets generator.keras, metrics.json, log.csv and curves.png (loss, success and
-perturbation size per epoch on the training and the held-out images), and panel.png (original,
-amplified perturbation, perturbed image, and the model's labels or masks before and after).
+It trains with a custom train_step against the frozen target model on the target run's training
+images, with a margin (logit) loss that is zero exactly when the product's own decision rule says
+the goal is reached, and is evaluated on the run's validation images, which it never saw, beside
+a random sign-noise control, FGSM and PGD at the same budget. Attacks act on the model's input
+image (resized to its input size).
+
+The run folder gets generator.keras, metrics.json, log.csv and curves.png (loss and success per
+epoch on the training and the held-out images, against the number of training image-gradients),
+and panel.png (original, amplified perturbation, perturbed image, the model's labels or masks
+before and after).
 """
 
 import argparse
+import math
 import os
+import re
 import sys
 import time
 
 import common  # noqa: I001  (first: it quiets TensorFlow's start-up logging before Keras loads it)
+import cls_train
 import keras
 import numpy as np
 import tensorflow as tf
@@ -31,89 +41,166 @@ from common import CLASSES, NUM_CLASSES
 
 GOALS = {"cls_targeted": "classification", "cls_untargeted": "classification", "seg_targeted": "segmentation"}
 DEFAULT_CLASS = {"cls_targeted": "aeroplane", "seg_targeted": "chair"}
+REGION_SUCCESS = 0.8  # seg_targeted: an image counts as fooled when this share of its box is the class
+
+
+# ----------------------------------------------------------------------------------------------
+# Budget: L-inf and PSNR, enforced by construction
+
+def l2_radius(psnr_min, img_size):
+    """The L2 norm (pixel units, levels out of 255) of a perturbation of a img_size x img_size x 3
+    image whose PSNR is exactly psnr_min dB: PSNR = 10 log10(255^2 / MSE), MSE = ||delta||^2 / N."""
+    return 255.0 * math.sqrt(img_size * img_size * 3) * 10 ** (-psnr_min / 20)
+
+
+def project(delta, eps, l2=None):
+    """Project each perturbation (B, H, W, 3, pixel units) onto the L-inf ball of radius eps
+    (levels out of 255: a clip) and then, if l2 is given, scale it into the L2 ball of radius l2
+    (pixel units); the scaled perturbation is still inside the L-inf ball, so both bounds hold.
+    Returns a tensor of delta's shape."""
+    ops = keras.ops
+    delta = ops.clip(delta, -eps, eps)
+    if l2 is not None:
+        norm = ops.sqrt(ops.sum(ops.square(delta), axis=(1, 2, 3), keepdims=True))
+        delta = delta * ops.minimum(1.0, l2 / ops.maximum(norm, 1e-12))
+    return delta
+
+
+def squash_into_budget(raw, eps, l2=None):
+    """The generator's bound: delta = eps * tanh(2 raw / rms(raw)) per image (B, H, W, 3), levels
+    out of 255, then scaled into the L2 ball of radius l2 (pixel units) if given.
+
+    Dividing by each image's root-mean-square keeps the tanh in its responsive range whatever
+    the scale the network drifts to, so it cannot saturate (a plain eps * tanh(raw) ends with
+    every pixel at +-eps and no gradient), and about 80% of the budget is used at a typical pixel
+    (scaling raw by eps / max|raw| instead leaves a typical pixel at under a fifth of eps, as
+    one peak sets the scale). Returns a tensor of raw's shape, |delta| < eps everywhere."""
+    ops = keras.ops
+    rms = ops.sqrt(ops.mean(ops.square(raw), axis=(1, 2, 3), keepdims=True))
+    return project(eps * ops.tanh(2.0 * raw / ops.maximum(rms, 1e-12)), eps, l2)
+
+
+def perturb(images, delta):
+    """The perturbed images: images + delta (both float, levels out of 255) clipped to [0, 255]."""
+    return keras.ops.clip(images + delta, 0.0, 255.0)
+
+
+@keras.saving.register_keras_serializable("voc")
+class Budget(keras.layers.Layer):
+    """The generator's last layer: `squash_into_budget` with its eps (levels out of 255) and L2
+    radius (pixel units)."""
+
+    def __init__(self, eps, l2=None, **kwargs):
+        super().__init__(**kwargs)
+        self.eps, self.l2 = float(eps), None if l2 is None else float(l2)
+
+    def call(self, raw):
+        return squash_into_budget(raw, self.eps, self.l2)
+
+    def get_config(self):
+        return {**super().get_config(), "eps": self.eps, "l2": self.l2}
 
 
 # ----------------------------------------------------------------------------------------------
 # Generator
 
-@keras.saving.register_keras_serializable("voc")
-class Bound(keras.layers.Layer):
-    """Maps the generator's raw output into the perturbation budget: eps * tanh(raw) (linf, eps
-    in pixel units out of 255), or raw rescaled into the L2 ball of radius eps (l2, eps in [0, 1]
-    pixel units, per image)."""
+def conv(x, filters, kernel=3):
+    """Convolution + GroupNorm + ReLU (GroupNorm: the same in training and inference, stable at
+    batch 16)."""
+    x = keras.layers.Conv2D(filters, kernel, padding="same", use_bias=False)(x)
+    x = keras.layers.GroupNormalization(groups=min(8, filters))(x)
+    return keras.layers.ReLU()(x)
 
-    def __init__(self, eps, norm="linf", **kwargs):
-        super().__init__(**kwargs)
-        self.eps, self.norm = float(eps), norm
 
-    def call(self, raw):
-        ops = keras.ops
-        if self.norm == "linf":
-            return self.eps * ops.tanh(raw)
-        norm = ops.sqrt(ops.sum(ops.square(raw), axis=(1, 2, 3), keepdims=True) + 1e-12)
-        return 255.0 * raw * ops.minimum(1.0, self.eps / norm)  # raw in [0, 1] units -> pixel units
-
-    def get_config(self):
-        return {**super().get_config(), "eps": self.eps, "norm": self.norm}
+def feature_taps(model, img_size):
+    """The target's own feature maps as the generator's encoder: a frozen keras.Model from the
+    image (B, img_size, img_size, 3), levels out of 255, to the target's feature maps at every
+    scale, finest first (the last ReLU of each block of a scratch model; the U-Net skip layers
+    and the final features of an ImageNet backbone). One forward of the target's encoder per
+    image."""
+    base = common.backbone_of(model)
+    image = keras.Input((img_size, img_size, 3), name="image")
+    if base is None:  # cls_train.build_scratch / seg_train.build_unet: block<k>b_relu / enc<k>b_relu
+        names = [layer.name for layer in model.layers if re.fullmatch(r"(block|enc)\d+b_relu", layer.name)]
+        features = keras.Model(model.inputs, [model.get_layer(n).output for n in names])(image)
+    else:
+        if len(base.outputs) == 1:  # a classifier's backbone: tap the layers a U-Net uses as skips
+            layers = {layer.name for layer in base.layers}
+            skips = next(v[3] for v in common.BACKBONES.values() if set(v[3]) <= layers)
+            base = keras.Model(base.input, [base.get_layer(n).output for n in skips] + [base.output])
+        names = {layer.name for layer in model.layers}
+        features = base(model.get_layer("preprocess")(image) if "preprocess" in names else image, training=False)
+    taps = keras.Model(image, features, name="target_features")
+    taps.trainable = False
+    return taps
 
 
 @keras.saving.register_keras_serializable("voc")
 class Template(keras.layers.Layer):
-    """A learned perturbation per condition channel and pixel: out[h, w] = sum_c cond[h, w, c] *
-    T[h, w, c]. With one-hot conditions this is a universal (image-independent) perturbation per
-    target class, which the image-dependent decoder refines. T is stored divided by `gain` so
-    that Adam moves it about `gain` times faster than the convolution weights."""
+    """The generator's universal part: a learned raw perturbation per pixel for every condition
+    channel plus one shared by all, out[h, w] = T0[h, w] + sum_c cond[h, w, c] * T[h, w, c].
+    Free per-pixel weights get the summed image-gradients directly, so a pattern that works on
+    most images forms in a few hundred steps (a convolutional decoder, equivariant to shifts, can
+    hardly draw one); the decoder adds what each image needs on top. Stored divided by `gain`,
+    so that Adam moves it `gain` times faster than the decoder (probes on the proxy classifier: a
+    template alone learned fast at lr 1e-2, the decoder did worse at 1e-2 than at 3e-3);
+    initialised small (std `init`), so that the first steps change it by about its own size."""
 
-    def __init__(self, gain=100.0, **kwargs):
+    def __init__(self, gain=3.0, init=1e-3, **kwargs):
         super().__init__(**kwargs)
-        self.gain = gain
+        self.gain, self.init = gain, init
 
     def build(self, input_shape):
         _, h, w, c = input_shape
-        self.t = self.add_weight(shape=(h, w, c, 3), initializer="zeros", name="template")
+        self.t = self.add_weight(shape=(h, w, c + 1, 3), name="template",
+                                 initializer=keras.initializers.RandomNormal(stddev=self.init, seed=0))
 
     def call(self, cond):
-        return self.gain * keras.ops.einsum("bhwc,hwcd->bhwd", cond, self.t)
+        ones = keras.ops.ones_like(cond[..., :1])
+        return self.gain * keras.ops.einsum("bhwc,hwcd->bhwd", keras.ops.concatenate([ones, cond], -1), self.t)
 
     def get_config(self):
-        return {**super().get_config(), "gain": self.gain}
+        return {**super().get_config(), "gain": self.gain, "init": self.init}
 
 
-def build_generator(img_size, eps, norm="linf", width=32):
-    """Encoder-decoder: the image (scaled to [0, 1]) and a 20-channel condition map in, a bounded
-    perturbation (pixel units, same size as the image) out. Two stride-2 encoder steps, two
-    residual blocks, two resize-conv decoder steps with skips, plus a class-conditioned template.
-    width=0 keeps only the template and a per-pixel colour term of the image (a 1x1 convolution):
-    nearly one universal perturbation per condition, which cannot memorise training images."""
-    image = keras.Input((img_size, img_size, 3), name="image")
-    condition = keras.Input((img_size, img_size, NUM_CLASSES), name="condition")
-    scaled = keras.layers.Rescaling(1 / 255.0)(image)
-    if width == 0:
-        raw = keras.layers.Conv2D(3, 1, kernel_initializer="zeros", name="colour")(scaled)
-    else:
-        raw = encoder_decoder(keras.layers.Concatenate()([scaled, condition]), width)
-    raw = keras.layers.Add()([raw, Template(name="template")(condition)])
-    return keras.Model([image, condition], Bound(eps, norm, name="bound")(raw), name="perturbation_generator")
+def build_generator(taps, eps, psnr_min=None, width=16):
+    """Perturbation generator: a decoder on the frozen target's features (`feature_taps`).
 
-
-def encoder_decoder(x, width):
-    """The image-dependent part of the generator: raw perturbation (3 channels, zero at the start)."""
-    def conv(x, filters, stride=1, act=True):  # no BatchNorm: training and inference behave alike
-        x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same")(x)
-        return keras.layers.ReLU()(x) if act else x
-
-    s1 = conv(x, width)
-    s2 = conv(s1, 2 * width, 2)
-    x = conv(s2, 4 * width, 2)
-    for _ in range(2):
-        x = keras.layers.ReLU()(keras.layers.Add()([x, conv(conv(x, 4 * width), 4 * width, act=False)]))
-    x = conv(keras.layers.Concatenate()([keras.layers.UpSampling2D(interpolation="bilinear")(x), s2]), 2 * width)
-    x = conv(keras.layers.Concatenate()([keras.layers.UpSampling2D(interpolation="bilinear")(x), s1]), width)
-    return keras.layers.Conv2D(3, 3, padding="same", kernel_initializer="zeros", name="raw")(x)
-
-
-def perturb(images, delta):
-    return keras.ops.clip(images + delta, 0.0, 255.0)
+    Inputs: image (B, S, S, 3) float in [0, 255] and condition (B, S, S, 20) float (the goal's
+    map, `Goal.condition`). Output: delta (B, S, S, 3) in pixel units (levels out of 255),
+    within L-inf eps and, with psnr_min (dB), within the L2 radius of that PSNR.
+    The decoder starts from the deepest features with the condition resized onto them, and at
+    each finer scale upsamples (bilinear), adds the target's features there (1x1-reduced) and a
+    conv; at full size the image itself joins, and a zero-initialised 3x3 conv gives the
+    image-dependent part of the raw perturbation. Added to it: a learned universal part per
+    condition (`Template`); `squash_into_budget` bounds the sum. Reading the target's own
+    features costs the target's encoder once per image and lets a small decoder adapt the
+    perturbation to each image.
+    """
+    size = taps.inputs[0].shape[1]
+    image = keras.Input((size, size, 3), name="image")
+    condition = keras.Input((size, size, NUM_CLASSES), name="condition")
+    features = taps(image)
+    features = features if isinstance(features, (list, tuple)) else [features]
+    x = None
+    for k, f in enumerate(reversed(features)):
+        filters = width * max(1, 8 >> k)  # 8w at the deepest scale, halving to w
+        f = conv(f, filters, kernel=1)
+        if x is None:
+            x = keras.layers.Concatenate()([f, keras.layers.Resizing(f.shape[1], f.shape[2])(condition)])
+        else:
+            x = keras.layers.Resizing(f.shape[1], f.shape[2], interpolation="bilinear")(x)
+            x = keras.layers.Concatenate()([x, f])
+        x = conv(x, filters)
+    x = keras.layers.Resizing(size, size, interpolation="bilinear")(x)
+    x = conv(keras.layers.Concatenate()([x, keras.layers.Rescaling(1 / 255.0)(image), condition]), width)
+    image_part = keras.layers.Conv2D(3, 3, padding="same", kernel_initializer="zeros", name="image_part")(x)
+    # one Adam step moves a conv output by about lr x its fan-in-weighted activations (~50 x lr
+    # here) and a template pixel by lr: scaled so that neither part drowns the other at the start
+    image_part = keras.layers.Rescaling(0.02, name="image_part_scale")(image_part)
+    raw = keras.layers.Add(name="raw")([Template(name="template")(condition), image_part])
+    l2 = None if psnr_min is None else l2_radius(psnr_min, size)
+    return keras.Model([image, condition], Budget(eps, l2, name="budget")(raw), name="perturbation_generator")
 
 
 def shift_and_flip(images, max_shift=0.1):
@@ -128,76 +215,133 @@ def shift_and_flip(images, max_shift=0.1):
 
 
 # ----------------------------------------------------------------------------------------------
-# Goals: what the target model should see, as a loss (shared by the generator, FGSM and PGD)
+# Goals: what the target model should see, as margin losses (shared by the generator, FGSM, PGD)
+
+def logit(p):
+    return math.log(p / (1 - p))
+
+
+def logits_model(model):
+    """The classifier's logits: its `labels` Dense layer without the sigmoid (exact and unsaturated,
+    where log(p / (1 - p)) of a float32 probability is not)."""
+    dense = model.get_layer("labels")
+    features = keras.Model(model.inputs, dense.input)
+    return lambda images: keras.ops.matmul(features(images, training=False), dense.kernel) + dense.bias
+
 
 class Goal:
-    """One attack goal against one target model: the condition map for the generator, the loss
-    to minimise on the target's outputs, and the success test."""
+    """One attack goal against one frozen target model.
+
+    target: the loaded keras.Model; config: its run's config.json; target_class: class name
+    (cls_targeted, seg_targeted); thresholds: the classifier's per-class thresholds (20 floats in
+    [0, 1]); region: side of the central box as a share of the image side (seg_targeted);
+    keep_weight: weight of the term that keeps the other labels as they were.
+    """
 
     def __init__(self, name, target, config, target_class=None, thresholds=None, region=0.5, keep_weight=0.5):
         self.name, self.target, self.config = name, target, config
+        self.task = GOALS[name]
         self.t = None if target_class is None else CLASSES.index(target_class)
-        self.thresholds = None if thresholds is None else tf.constant(thresholds, tf.float32)
         self.keep_weight = keep_weight
+        if self.task == "classification":
+            self.thresholds = np.asarray(thresholds, np.float32)
+            self.tau = tf.constant([logit(min(max(p, 1e-6), 1 - 1e-6)) for p in self.thresholds], tf.float32)
+            self.logits = logits_model(target)
+        else:
+            self.logits = lambda images: target(images, training=False)
         size = config["img_size"]
         box = np.zeros((size, size), np.float32)  # the central box, `region` of each side
         lo, hi = int(round(size * (1 - region) / 2)), int(round(size * (1 + region) / 2))
         box[lo:hi, lo:hi] = 1
         self.region = tf.constant(box)
 
-    def decisions(self, probs):
-        """The classifier's labels with its own thresholds and the top-class rule."""
-        chosen = (probs >= self.thresholds) | (probs >= tf.reduce_max(probs, -1, keepdims=True))
-        return tf.cast(chosen, tf.float32)
+    def reference(self, z):
+        """What the model says about the clean images, from their logits: the reported labels (B, 20)
+        0/1 float for a classifier (its thresholds, top class when none passes: `cls_train.decide`),
+        the argmax mask (B, H, W) int32 for a segmenter."""
+        if self.task == "segmentation":
+            return tf.argmax(z, -1, output_type=tf.int32)
+        passes = z >= self.tau
+        top = tf.one_hot(tf.argmax(z, -1), NUM_CLASSES) > 0
+        return tf.cast(passes | (top & ~tf.reduce_any(passes, -1, keepdims=True)), tf.float32)
 
-    def clean(self, images):
-        """What the model says about the unperturbed images (the reference to keep or remove)."""
-        out = self.target(images, training=False)
-        return self.decisions(out) if GOALS[self.name] == "classification" else tf.argmax(out, -1, output_type=tf.int32)
-
-    def condition(self, reference):
-        batch = tf.shape(reference)[0]
+    def condition(self, batch):
+        """The generator's condition map, (batch, S, S, 20) float32 for the model's input size S:
+        the target class's one-hot everywhere (cls_targeted) or on the box only (seg_targeted);
+        zeros for cls_untargeted (the generator reads what to remove from the target's features).
+        It never needs the target's output, so the generator costs one target encoder pass."""
         size = self.config["img_size"]
-        if self.name == "cls_untargeted":  # the classes to remove
-            vec = reference
-        else:
-            vec = tf.tile(tf.one_hot([self.t], NUM_CLASSES), [batch, 1])
-        cond = tf.broadcast_to(vec[:, None, None, :], (batch, size, size, NUM_CLASSES))
-        if self.name == "seg_targeted":
-            cond = cond * self.region[None, :, :, None]
-        return cond
-
-    def loss(self, outputs, reference):
-        """Per-image attack loss (lower = closer to the goal)."""
-        eps = 1e-12  # float32 sigmoid outputs go far below 1e-6; a clip there would stop their gradient
-        if self.name == "cls_targeted":
-            p = tf.clip_by_value(outputs, eps, 1 - 1e-7)  # (1 - 1e-12 rounds to 1 in float32)
-            want = tf.one_hot(self.t, NUM_CLASSES)
-            keep = tf.where(want > 0, 1.0, reference)  # the target on, every other label as before
-            bce = -(keep * tf.math.log(p) + (1 - keep) * tf.math.log(1 - p))
-            return bce[:, self.t] + self.keep_weight * tf.reduce_mean(bce * (1 - want), -1)
         if self.name == "cls_untargeted":
-            p = tf.clip_by_value(outputs, eps, 1 - 1e-7)
-            return tf.reduce_sum(-reference * tf.math.log(1 - p), -1) / tf.maximum(tf.reduce_sum(reference, -1), 1)
-        ce_target = keras.losses.sparse_categorical_crossentropy(
-            tf.fill(tf.shape(reference), self.t + 1), outputs, from_logits=True)
-        ce_keep = keras.losses.sparse_categorical_crossentropy(reference, outputs, from_logits=True)
-        region = self.region[None]
-        inside = tf.reduce_sum(ce_target * region, (1, 2)) / tf.reduce_sum(region)
-        outside = tf.reduce_sum(ce_keep * (1 - region), (1, 2)) / tf.reduce_sum(1 - region)
-        return inside + self.keep_weight * outside
+            return tf.zeros((batch, size, size, NUM_CLASSES))
+        cond = tf.broadcast_to(tf.one_hot(self.t, NUM_CLASSES), (batch, size, size, NUM_CLASSES))
+        return cond * self.region[None, :, :, None] if self.name == "seg_targeted" else cond
 
-    def success(self, outputs, reference):
-        """Per image: did the attack reach the goal? And the score it is judged by."""
+    def margin(self, z, reference):
+        """Per-image margin loss (B,), in logits: zero exactly when the goal is reached by the
+        product's rule, and growing linearly with the logit distance from it (so images far from
+        the goal keep a gradient without dominating).
+
+        cls_targeted: the class is reported: z_t >= tau_t, or no class passes its threshold and t
+        has the top logit. cls_untargeted: no clean label is reported: each below its threshold,
+        and another class passes its threshold or has the top logit. seg_targeted: at least
+        REGION_SUCCESS of the box is labelled the class: the mean of the smallest REGION_SUCCESS
+        share of per-pixel margins (max other logit - class logit)."""
+        relu = tf.nn.relu
         if self.name == "cls_targeted":
-            reported = self.decisions(outputs)
+            others = tf.reduce_max(z - 1e9 * tf.one_hot(self.t, NUM_CLASSES), -1)
+            passes = relu(self.tau[self.t] - z[:, self.t])
+            top = relu(tf.reduce_max(z - self.tau, -1)) + relu(others - z[:, self.t])
+            return tf.minimum(passes, top)
+        if self.name == "cls_untargeted":
+            drop = tf.reduce_sum(reference * relu(z - self.tau), -1)
+            outside = tf.reduce_max(z - 1e9 * reference, -1)  # best logit among classes not reported before
+            other_passes = relu(-tf.reduce_max(z - self.tau - 1e9 * reference, -1))
+            top = relu(tf.reduce_max(z - 1e9 * (1 - reference), -1) - outside)
+            return drop + tf.minimum(other_passes, top)
+        pixel = self.pixel_margin(z, tf.fill(tf.shape(z)[:-1], self.t + 1))
+        inside = tf.boolean_mask(tf.transpose(pixel, (1, 2, 0)), self.region > 0)  # (box pixels, B)
+        k = int(math.ceil(REGION_SUCCESS * float(np.sum(self.region.numpy()))))
+        easiest = -tf.math.top_k(-tf.transpose(inside), k).values
+        return tf.reduce_mean(easiest, -1)
+
+    @staticmethod
+    def pixel_margin(z, labels):
+        """Per pixel: max logit of the other classes minus the logit of `labels`, at least 0."""
+        own = tf.one_hot(labels, z.shape[-1])
+        return tf.nn.relu(tf.reduce_max(z - 1e9 * own, -1) - tf.reduce_sum(z * own, -1))
+
+    def keep(self, z, reference):
+        """Per-image margin for 'everything else as before' (B,): the clean labels other than the
+        target stay above their thresholds (cls_targeted), the pixels outside the box keep their
+        clean label (seg_targeted); 0 for cls_untargeted."""
+        if self.name == "cls_targeted":
+            others = reference * (1 - tf.one_hot(self.t, NUM_CLASSES))
+            return tf.reduce_sum(others * tf.nn.relu(self.tau - z), -1) / tf.maximum(tf.reduce_sum(others, -1), 1)
+        if self.name == "seg_targeted":
+            outside = 1 - self.region
+            return tf.reduce_sum(self.pixel_margin(z, reference) * outside, (1, 2)) / tf.reduce_sum(outside)
+        return tf.zeros(tf.shape(z)[:1])
+
+    def loss(self, z, reference):
+        return self.margin(z, reference) + self.keep_weight * self.keep(z, reference)
+
+    def judge(self, outputs, reference):
+        """Per image, judged by the product's own rule on the model's outputs (NumPy): (success
+        bool (B,), score (B,)). Classifier: `cls_train.decide`, as predict.py reports; score =
+        target probability (cls_targeted) or mean probability of the clean labels
+        (cls_untargeted). Segmenter: argmax; score = share of the box labelled the class,
+        success = score >= REGION_SUCCESS."""
+        outputs, reference = np.asarray(outputs), np.asarray(reference)
+        if self.name == "cls_targeted":
+            reported = cls_train.decide(outputs, self.thresholds)
             return reported[:, self.t] > 0, outputs[:, self.t]
         if self.name == "cls_untargeted":
-            kept = tf.reduce_sum(self.decisions(outputs) * reference, -1)
-            return kept == 0, tf.reduce_sum(outputs * reference, -1) / tf.maximum(tf.reduce_sum(reference, -1), 1)
-        hit = tf.cast(tf.argmax(outputs, -1, output_type=tf.int32) == self.t + 1, tf.float32)
-        match = tf.reduce_sum(hit * self.region[None], (1, 2)) / tf.reduce_sum(self.region)
-        return match >= 0.8, match
+            reported = cls_train.decide(outputs, self.thresholds)
+            kept = (reported * reference).sum(-1)
+            return kept == 0, (outputs * reference).sum(-1) / np.maximum(reference.sum(-1), 1)
+        hit = outputs.argmax(-1) == self.t + 1
+        share = (hit * self.region.numpy()).sum((1, 2)) / self.region.numpy().sum()
+        return share >= REGION_SUCCESS, share
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,137 +351,154 @@ class GeneratorAttack(keras.Model):
     """Trains `generator` so that goal.target(x + generator(x, c)) reaches the goal; the target
     model is frozen (never in the trainable variables, always called in inference mode)."""
 
-    def __init__(self, generator, goal, lam=0.05, augment=True, **kwargs):
+    def __init__(self, generator, goal, augment=True, **kwargs):
         super().__init__(**kwargs)
-        self.generator, self.goal, self.lam, self.augment = generator, goal, lam, augment
+        self.generator, self.goal, self.augment = generator, goal, augment
         goal.target.trainable = False
         self.attack_loss = keras.metrics.Mean(name="attack_loss")
-        self.size_loss = keras.metrics.Mean(name="size")
         self.success = keras.metrics.Mean(name="success")
 
     def call(self, images):
-        reference = self.goal.clean(images)
-        return perturb(images, self.generator([images, self.goal.condition(reference)], training=False))
+        """Perturbed images (B, S, S, 3), levels out of 255."""
+        return perturb(images, self.generator([images, self.goal.condition(tf.shape(images)[0])], training=False))
 
     def losses_on(self, images, training):
-        """Mean attack loss, mean perturbation size and per-image success on one batch."""
-        reference = self.goal.clean(images)
-        delta = self.generator([images, self.goal.condition(reference)], training=training)
-        outputs = self.goal.target(perturb(images, delta), training=False)
-        attack = tf.reduce_mean(self.goal.loss(outputs, reference))
-        size = tf.reduce_mean(tf.square(delta / 255.0)) * 1e4  # ~ (grey levels)^2 / 6.5
-        return attack, size, self.goal.success(outputs, reference)[0]
+        """Per-image attack loss and margin on one batch."""
+        reference = self.goal.reference(self.goal.logits(images))  # what to keep or remove
+        delta = self.generator([images, self.goal.condition(tf.shape(images)[0])], training=training)
+        z = self.goal.logits(perturb(images, delta))
+        return self.goal.loss(z, reference), self.goal.margin(z, reference)
 
     def train_step(self, data):
         images = data[0] if isinstance(data, tuple) else data
         if self.augment:  # new views of the same few hundred images, against memorising them
             images = shift_and_flip(images)
         with tf.GradientTape() as tape:
-            attack, size, ok = self.losses_on(images, training=True)
-            loss = attack + self.lam * size
-        grads = tape.gradient(loss, self.generator.trainable_variables)
+            loss, margin = self.losses_on(images, training=True)
+            mean_loss = tf.reduce_mean(loss)
+        grads = tape.gradient(mean_loss, self.generator.trainable_variables)
         self.optimizer.apply(grads, self.generator.trainable_variables)
-        return self.record(attack, size, ok)
+        return self.record(loss, margin)
 
     def test_step(self, data):
         return self.record(*self.losses_on(data[0] if isinstance(data, tuple) else data, training=False))
 
-    def record(self, attack, size, ok):
-        self.attack_loss.update_state(attack)
-        self.size_loss.update_state(size)
-        self.success.update_state(tf.cast(ok, tf.float32))
+    def record(self, loss, margin):
+        self.attack_loss.update_state(loss)
+        self.success.update_state(tf.cast(margin <= 0, tf.float32))  # margin 0 <=> the goal is reached
         return {m.name: m.result() for m in self.metrics}
 
     @property
     def metrics(self):
-        return [self.attack_loss, self.size_loss, self.success]
+        return [self.attack_loss, self.success]
+
+
+class ImageGradients(keras.callbacks.Callback):
+    """Adds `image_gradients` (training images back-propagated through the target so far) to the
+    epoch logs, the x-axis of the learning curve."""
+
+    def __init__(self, per_epoch):
+        super().__init__()
+        self.per_epoch = per_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["image_gradients"] = (epoch + 1) * self.per_epoch
 
 
 # ----------------------------------------------------------------------------------------------
 # Per-image baselines at the same budget
 
-def project(delta, eps, norm):
-    if norm == "linf":
-        return tf.clip_by_value(delta, -eps, eps)
-    n = tf.sqrt(tf.reduce_sum(tf.square(delta / 255.0), (1, 2, 3), keepdims=True) + 1e-12)
-    return delta * tf.minimum(1.0, eps / n)
-
-
-def gradient_attack(goal, images, eps, norm="linf", steps=10, step_size=None):
-    """FGSM (steps=1, step = eps) or PGD (steps > 1, step = 2.5 eps / steps, no random start):
-    signed (linf) or normalised (l2) gradient steps down the goal's loss, projected onto the
-    budget and the valid pixel range. Costs `steps` forward+backward passes per image."""
-    reference = goal.clean(images)
-    step_size = step_size or (eps if steps == 1 else 2.5 * eps / steps)
-    delta = tf.zeros_like(images)
+def gradient_attack(goal, images, eps, l2=None, steps=10, start=None):
+    """FGSM (steps=1, step = eps) or PGD (steps > 1, step = 2.5 eps / steps, from `start` or no
+    perturbation): signed gradient steps down the goal's loss, projected onto the budget (L-inf
+    eps in levels out of 255; L2 radius l2 in pixel units) and the valid pixel range. Costs one
+    target forward (the clean reference) plus `steps` forward+backward passes per image.
+    Returns delta (B, S, S, 3), pixel units."""
+    reference = goal.reference(goal.logits(images))
+    step_size = eps if steps == 1 else 2.5 * eps / steps
+    delta = tf.zeros_like(images) if start is None else start
     for _ in range(steps):
         with tf.GradientTape() as tape:
             tape.watch(delta)
-            loss = tf.reduce_sum(goal.loss(goal.target(perturb(images, delta), training=False), reference))
-        g = tape.gradient(loss, delta)
-        if norm == "linf":
-            step = step_size * tf.sign(g)
-        else:  # eps and step in [0, 1] units; delta in pixel units
-            step = 255.0 * step_size * g / (tf.sqrt(tf.reduce_sum(tf.square(g), (1, 2, 3), keepdims=True)) + 1e-12)
-        delta = project(delta - step, eps, norm)
+            loss = tf.reduce_sum(goal.loss(goal.logits(perturb(images, delta)), reference))
+        delta = project(delta - step_size * tf.sign(tape.gradient(loss, delta)), eps, l2)
         delta = perturb(images, delta) - images  # stay in [0, 255]
     return delta
+
+
+def random_noise(images, eps, l2=None, seed=0):
+    """Control: random signs at +-eps (levels out of 255), projected like every other method."""
+    signs = tf.sign(tf.random.stateless_uniform(tf.shape(images), (seed, 1), -1.0, 1.0))
+    return project(eps * signs, eps, l2)
 
 
 # ----------------------------------------------------------------------------------------------
 # Evaluation
 
+def wilson(successes, n, z=1.96):
+    """95% Wilson score interval (lower, upper) of a success rate from `successes` of `n`."""
+    if n == 0:
+        return (None, None)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 def image_quality(images, adv):
-    """Per image: L-inf and L2 of the perturbation (in [0, 1] units), PSNR (dB), SSIM."""
-    d = (adv - images) / 255.0
+    """Per image: L-inf (levels out of 255), L2 (pixel units), PSNR (dB; an unchanged image counts
+    as 100 dB, not infinity, so that means stay finite) and SSIM of adv vs images."""
+    d = adv - images
     return {"linf": tf.reduce_max(tf.abs(d), (1, 2, 3)).numpy(),
             "l2": tf.sqrt(tf.reduce_sum(tf.square(d), (1, 2, 3))).numpy(),
-            "psnr": tf.image.psnr(adv, images, 255.0).numpy(),
+            "psnr": np.minimum(tf.image.psnr(adv, images, 255.0).numpy(), 100.0),
             "ssim": tf.image.ssim(adv, images, 255.0).numpy()}
 
 
 def evaluate(goal, images, craft, batch_size=16, transfer=None):
-    """Run one crafting method over held-out images; returns summary numbers and per-image
-    arrays. craft(batch) -> perturbed batch. transfer: another Goal (other model) to judge too."""
+    """Run one crafting method over held-out images. craft(batch) -> perturbed batch (float, levels
+    out of 255). transfer: a Goal on another model of the same task, to judge the same perturbed
+    images there too. Returns (summary dict, perturbed images as float32 array)."""
     rows = {k: [] for k in ("ok_before", "ok", "score_before", "score_after", "linf", "l2", "psnr", "ssim", "seconds")}
     if transfer is not None:
         rows.update(transfer_ok=[], transfer_ok_before=[])
     adv_all = []
     for k in range(0, len(images), batch_size):
         x = tf.constant(images[k:k + batch_size])
-        reference = goal.clean(x)
         t = time.time()
-        adv = craft(x)
+        adv = tf.convert_to_tensor(craft(x))
         rows["seconds"].append(np.full(len(x), (time.time() - t) / len(x)))
-        ok_before, before = goal.success(goal.target(x, training=False), reference)
-        ok, after = goal.success(goal.target(adv, training=False), reference)
-        rows["ok_before"].append(ok_before.numpy())
-        rows["ok"].append(ok.numpy())
-        rows["score_before"].append(before.numpy())
-        rows["score_after"].append(after.numpy())
+        clean_out = goal.target(x, training=False)
+        reference = goal.reference(goal.logits(x))
+        for key, out in (("before", clean_out), ("", goal.target(adv, training=False))):
+            ok, score = goal.judge(out, reference)
+            rows["ok" + ("_" + key if key else "")].append(ok)
+            rows["score_" + (key or "after")].append(score)
         for key, v in image_quality(x, adv).items():
             rows[key].append(v)
         if transfer is not None:
             size = transfer.config["img_size"]
             xt, at = tf.image.resize(x, (size, size)), tf.image.resize(adv, (size, size))
-            ref_t = transfer.clean(xt)
-            rows["transfer_ok"].append(transfer.success(transfer.target(at, training=False), ref_t)[0].numpy())
-            rows["transfer_ok_before"].append(transfer.success(transfer.target(xt, training=False), ref_t)[0].numpy())
+            ref_t = transfer.reference(transfer.logits(xt))
+            rows["transfer_ok"].append(transfer.judge(transfer.target(at, training=False), ref_t)[0])
+            rows["transfer_ok_before"].append(transfer.judge(transfer.target(xt, training=False), ref_t)[0])
         adv_all.append(adv.numpy())
     per_image = {k: np.concatenate(v) for k, v in rows.items()}
-    summary = {"success_rate": float(per_image["ok"].mean()),
+    n, hits = len(images), int(per_image["ok"].sum())
+    summary = {"success_rate": hits / n, "success_95ci": wilson(hits, n),
                "success_rate_clean": float(per_image["ok_before"].mean()),
                "score_before": float(per_image["score_before"].mean()),
                "score_after": float(per_image["score_after"].mean()),
-               "linf_mean_255": float(per_image["linf"].mean() * 255),
-               "linf_max_255": float(per_image["linf"].max() * 255),
-               "l2_mean": float(per_image["l2"].mean()), "psnr_mean": float(per_image["psnr"].mean()),
+               "linf_mean_255": float(per_image["linf"].mean()), "linf_max_255": float(per_image["linf"].max()),
+               "l2_mean": float(per_image["l2"].mean()), "l2_max": float(per_image["l2"].max()),
+               "psnr_mean": float(per_image["psnr"].mean()), "psnr_min": float(per_image["psnr"].min()),
                "ssim_mean": float(per_image["ssim"].mean()),
-               "ms_per_image": float(per_image["seconds"].mean() * 1000), "images": len(images)}
+               "ms_per_image": float(per_image["seconds"].mean() * 1000), "images": n}
     if transfer is not None:
         summary["transfer_success_rate"] = float(per_image["transfer_ok"].mean())
         summary["transfer_success_rate_clean"] = float(per_image["transfer_ok_before"].mean())
-    return summary, per_image, np.concatenate(adv_all)
+    return summary, np.concatenate(adv_all)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,12 +506,12 @@ def evaluate(goal, images, craft, batch_size=16, transfer=None):
 
 def describe(goal, images):
     """Per image: a caption of the model's labels, or its mask as a colour picture."""
-    out = goal.target(tf.constant(images), training=False)
-    if GOALS[goal.name] == "classification":
-        d = goal.decisions(out).numpy()
+    out = goal.target(tf.constant(images), training=False).numpy()
+    if goal.task == "classification":
+        reported = cls_train.decide(out, goal.thresholds)
         return [common.wrap_names([f"{CLASSES[c]} {p[c]:.2f}" for c in np.flatnonzero(r)], 26)
-                for r, p in zip(d, out.numpy())]
-    return [common.colorize(m) for m in tf.argmax(out, -1).numpy().astype(np.uint8)]
+                for r, p in zip(reported, out)]
+    return [common.colorize(m) for m in out.argmax(-1).astype(np.uint8)]
 
 
 def panel(path, goal, images, adv, n=6, title=""):
@@ -372,7 +533,7 @@ def panel(path, goal, images, adv, n=6, title=""):
             tiles.append(common.tile(b, 128, "mask before"))
             tiles.append(common.tile(f, 128, "mask after"))
     pic = common.grid(tiles, 5, title=title)
-    if GOALS[goal.name] == "segmentation":
+    if goal.task == "segmentation":
         pic = common.with_legend(pic, range(NUM_CLASSES))
     common.save_png(path, pic)
 
@@ -381,9 +542,8 @@ def panel(path, goal, images, adv, n=6, title=""):
 # The whole attack
 
 def load_target(run_dir, goal_name, target_class):
-    task = GOALS[goal_name]
-    if task == "classification":
-        import cls_train
+    """A Goal against the model of a finished run folder (UserError if it is of the wrong task)."""
+    if GOALS[goal_name] == "classification":
         model, config, thresholds = cls_train.load_run(run_dir)
     else:
         model, config = common.load_run(run_dir, "segmentation")
@@ -406,11 +566,40 @@ def attack_images(config, data, held_out, exclude_class=None, limit=None):
     return part, np.concatenate([x.numpy() for x, _ in ds])
 
 
-def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, norm="linf", lam=0.05, epochs=10,
-        batch_size=16, lr=1e-3, width=32, augment=True, out="runs/attack", data=None, transfer=None, pgd_steps=10,
-        max_train=None, max_eval=None, seed=0, overwrite=False, verbose=None):
-    """Train a generator for one goal, evaluate it beside FGSM and PGD, write the run folder.
-    Returns the metrics dict."""
+def summary_line(name, r, budget_note=""):
+    lo, hi = r["success_95ci"]
+    return (f"{name:>16}: success {r['success_rate']:.3f} [{lo:.3f}, {hi:.3f}]  score {r['score_before']:.3f}"
+            f" -> {r['score_after']:.3f}  L-inf max {r['linf_max_255']:.2f}/255  PSNR mean/min "
+            f"{r['psnr_mean']:.1f}/{r['psnr_min']:.1f} dB  SSIM {r['ssim_mean']:.3f}  {r['ms_per_image']:.0f} ms/image"
+            + (f"  transfer {r['transfer_success_rate']:.3f}" if "transfer_success_rate" in r else "") + budget_note)
+
+
+def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr_min=None, epochs=10,
+        batch_size=16, lr=1e-3, width=16, augment=True, out="runs/attack", data=None, transfer=None, pgd_steps=10,
+        hybrid_steps=0, budgets=(), max_train=None, max_eval=None, seed=0, overwrite=False, verbose=None):
+    """Train a perturbation generator for one goal against a frozen model, evaluate it on held-out
+    images beside a random-noise control, FGSM and PGD, and write the run folder `out`.
+
+    target: run folder of cls_train.py (goals cls_*) or seg_train.py (seg_targeted).
+    goal: 'cls_targeted' (the classifier reports target_class on images without it, its other
+        labels kept), 'cls_untargeted' (no clean label is reported any more) or 'seg_targeted'
+        (the central box, half of each side, labelled target_class).
+    target_class: class name (default aeroplane for cls_targeted, chair for seg_targeted).
+    eps: L-inf budget, levels out of 255 (default 8). psnr_min: also keep the PSNR of every
+        perturbed image at least this many dB (default None: L-inf only).
+    epochs, batch_size, lr: generator training (Adam, cosine decay to 0 over all steps).
+    width: generator filters at full resolution (default 16). augment: random mirror and shift
+        of each training batch (default True).
+    data: dataset folder (default: the one in the target run's config). transfer: another run
+        folder of the same task on which the same perturbed images are judged too.
+    pgd_steps: steps of the PGD baseline (default 10). hybrid_steps: if > 0, also evaluate the
+        generator's output refined by this many PGD steps (a labelled hybrid row).
+    budgets: extra L-inf budgets (levels out of 255) for a success-vs-budget table of the
+        generator (its perturbation rescaled to the budget) and PGD.
+    max_train, max_eval: use at most this many training / held-out images.
+    Returns the metrics dict (also written to out/metrics.json). Raises common.UserError for an
+    unknown goal or class, a bad budget, a run folder of the wrong task or an existing `out`.
+    """
     if goal not in GOALS:
         raise common.UserError(f"unknown --goal {goal!r}; choose from {', '.join(GOALS)}")
     if goal == "cls_untargeted":
@@ -419,11 +608,13 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, norm
         target_class = target_class or DEFAULT_CLASS[goal]
         if target_class not in CLASSES:
             raise common.UserError(f"unknown class {target_class!r}; choose from {', '.join(CLASSES)}")
-    if norm not in ("linf", "l2") or eps <= 0:
-        raise common.UserError("--norm must be linf or l2 and --eps positive")
-    if width < 0 or epochs < 1:
-        raise common.UserError("--width must be 0 or more and --epochs at least 1")
-    verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
+    if eps <= 0 or eps > 255 or any(b <= 0 or b > 255 for b in budgets):
+        raise common.UserError("--eps and --budgets must be in (0, 255] (levels out of 255)")
+    if psnr_min is not None and psnr_min <= 0:
+        raise common.UserError("--psnr-min must be positive (dB)")
+    if width < 1 or epochs < 1 or pgd_steps < 1:
+        raise common.UserError("--width, --epochs and --pgd-steps must be at least 1")
+    verbose = common.keras_verbosity(verbose)
     the_goal = load_target(target, goal, target_class)
     other = load_target(transfer, goal, target_class) if transfer else None
     with common.run_folder(out, overwrite=overwrite):
@@ -431,52 +622,74 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, norm
         excluded = target_class if goal == "cls_targeted" else None
         _, train_images = attack_images(the_goal.config, data, False, excluded, max_train)
         _, val_images = attack_images(the_goal.config, data, True, excluded, max_eval)
-        print(f"goal {goal}{' -> ' + target_class if target_class else ''}, {norm} eps {eps:g}: "
-              f"{len(train_images)} training and {len(val_images)} held-out images", flush=True)
-
         size = the_goal.config["img_size"]
-        generator = build_generator(size, eps, norm, width)
-        trainer = GeneratorAttack(generator, the_goal, lam, augment)
-        trainer.compile(optimizer=keras.optimizers.Adam(lr))
+        l2 = None if psnr_min is None else l2_radius(psnr_min, size)
+        print(f"goal {goal}{' -> ' + target_class if target_class else ''}, L-inf {eps:g}/255"
+              f"{f', PSNR >= {psnr_min:g} dB' if psnr_min else ''}: {len(train_images)} training and "
+              f"{len(val_images)} held-out images", flush=True)
+
+        # Training: the generator against the frozen target, custom train_step, compile and fit
+        generator = build_generator(feature_taps(the_goal.target, size), eps, psnr_min, width)
+        trainer = GeneratorAttack(generator, the_goal, augment)
+        steps = epochs * math.ceil(len(train_images) / batch_size)
+        trainer.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(lr, steps)))
         weights_before = [w.copy() for w in the_goal.target.get_weights()]
         ds = (tf.data.Dataset.from_tensor_slices(train_images).shuffle(len(train_images), seed=seed)
               .batch(batch_size).prefetch(tf.data.AUTOTUNE))
         val_ds = tf.data.Dataset.from_tensor_slices(val_images).batch(2 * batch_size)
         t = time.time()
         history = trainer.fit(ds, epochs=epochs, verbose=verbose, validation_data=val_ds,
-                              callbacks=[keras.callbacks.CSVLogger(os.path.join(out, "log.csv"))])
+                              callbacks=[ImageGradients(len(train_images)),
+                                         keras.callbacks.CSVLogger(os.path.join(out, "log.csv"))])
         train_seconds = time.time() - t
         common.plot_curves(os.path.join(out, "log.csv"), os.path.join(out, "curves.png"),
                            [("attack loss", ["attack_loss", "val_attack_loss"]),
-                            ("success", ["success", "val_success"]), ("perturbation size", ["size", "val_size"])],
-                           title=f"generator {goal}, training vs held-out images")
+                            ("success (margin 0)", ["success", "val_success"])],
+                           title=f"generator {goal}, training vs held-out images, per epoch of "
+                                 f"{len(train_images)} image-gradients")
         unchanged = all(np.array_equal(a, b) for a, b in zip(weights_before, the_goal.target.get_weights()))
         common.save_model(generator, os.path.join(out, "generator.keras"))
 
-        methods = {"generator": trainer,
-                   "fgsm": lambda x: x + gradient_attack(the_goal, x, eps, norm, steps=1),
-                   f"pgd{pgd_steps}": lambda x: x + gradient_attack(the_goal, x, eps, norm, steps=pgd_steps)}
+        # Evaluation on held-out images, every method judged by the product's rule
+        gen = trainer.predict_on_batch
+        pgd = f"pgd{pgd_steps}"
+        methods = {"generator": gen,
+                   "random_noise": lambda x: perturb(x, random_noise(x, eps, l2)),
+                   "fgsm": lambda x: x + gradient_attack(the_goal, x, eps, l2, steps=1),
+                   pgd: lambda x: x + gradient_attack(the_goal, x, eps, l2, steps=pgd_steps)}
+        if hybrid_steps:
+            methods[f"generator+pgd{hybrid_steps}"] = lambda x: x + gradient_attack(
+                the_goal, x, eps, l2, steps=hybrid_steps, start=gen(x) - x)
+        # target passes per image (forward, backward): the generator reads the target's encoder once;
+        # the gradient attacks run it on the clean image (reference) and once per step
+        cost = {"generator": (1, 0), "random_noise": (0, 0), "fgsm": (2, 1), pgd: (pgd_steps + 1, pgd_steps),
+                f"generator+pgd{hybrid_steps}": (hybrid_steps + 2, hybrid_steps)}
         results, adv_images = {}, {}
         for name, craft in methods.items():
-            results[name], _, adv_images[name] = evaluate(the_goal, val_images, craft, transfer=other)
-            print(f"{name:>10}: success {results[name]['success_rate']:.3f}  score {results[name]['score_before']:.3f}"
-                  f" -> {results[name]['score_after']:.3f}  L-inf mean/max {results[name]['linf_mean_255']:.2f}/"
-                  f"{results[name]['linf_max_255']:.2f} /255  PSNR {results[name]['psnr_mean']:.1f} dB  "
-                  f"SSIM {results[name]['ssim_mean']:.3f}  {results[name]['ms_per_image']:.0f} ms/image"
-                  + (f"  transfer success {results[name]['transfer_success_rate']:.3f}" if other else ""), flush=True)
+            results[name], adv_images[name] = evaluate(the_goal, val_images, craft, transfer=other)
+            results[name]["target_forward_per_image"], results[name]["target_backward_per_image"] = cost[name]
+            print(summary_line(name, results[name]), flush=True)
+        budget_table = {}
+        for b in budgets:  # success vs budget: the generator's perturbation rescaled, PGD at that budget
+            scaled = lambda x, b=b: perturb(x, project((gen(x) - x) * (b / eps), b, l2))  # noqa: E731
+            pgd_at_b = lambda x, b=b: x + gradient_attack(the_goal, x, b, l2, steps=pgd_steps)  # noqa: E731
+            budget_table[f"{b:g}"] = {"generator_rescaled": evaluate(the_goal, val_images, scaled)[0]["success_rate"],
+                                      pgd: evaluate(the_goal, val_images, pgd_at_b)[0]["success_rate"]}
+            print(f"budget {b:g}/255: generator (rescaled) {budget_table[f'{b:g}']['generator_rescaled']:.3f}, "
+                  f"{pgd} {budget_table[f'{b:g}'][pgd]:.3f}", flush=True)
         metrics = {"goal": goal, "target_class": target_class, "target_run": target, "transfer_run": transfer,
-                   "norm": norm, "eps": eps,
-                   "eps_units": "pixel levels out of 255" if norm == "linf" else "L2 in [0,1] units",
-                   "lambda": lam, "epochs": epochs, "width": width, "augment": augment,
-                   "train_images": len(train_images),
-                   "held_out_images": len(val_images),
-                   "train_seconds": train_seconds, "target_weights_unchanged": unchanged,
-                   "target_evaluations_per_image": {"generator": 0, "fgsm": 1, f"pgd{pgd_steps}": pgd_steps},
-                   "final_epoch": {k: float(v[-1]) for k, v in history.history.items()}, "held_out": results}
+                   "eps_255": eps, "psnr_min": psnr_min, "l2_radius": l2, "epochs": epochs, "width": width,
+                   "augment": augment, "lr": lr, "batch_size": batch_size, "train_images": len(train_images),
+                   "held_out_images": len(val_images), "train_seconds": train_seconds,
+                   "train_image_gradients": epochs * len(train_images), "target_weights_unchanged": unchanged,
+                   "success_rule": ("cls_train.decide (as predict.py)" if the_goal.task == "classification"
+                                    else f"share of the box labelled the class >= {REGION_SUCCESS}"),
+                   "final_epoch": {k: float(v[-1]) for k, v in history.history.items()}, "held_out": results,
+                   "budget_table": budget_table}
         common.write_json(os.path.join(out, "metrics.json"), metrics)
         what = f"'{target_class}'" if target_class else "lose the present classes"
         panel(os.path.join(out, "panel.png"), the_goal, val_images, adv_images["generator"],
-              title=f"{goal}: {what}, {norm} eps {eps:g}; generator on held-out images "
+              title=f"{goal}: {what}, L-inf {eps:g}/255; generator on held-out images "
                     f"(success {results['generator']['success_rate']:.0%})")
         print(f"run folder {out}", flush=True)
         return metrics
@@ -488,23 +701,22 @@ def main(argv=None):
     p.add_argument("--goal", default="cls_targeted", choices=list(GOALS), help="default %(default)s")
     p.add_argument("--class", dest="target_class",
                    help="class the model should see (default: aeroplane for cls_targeted, chair for seg_targeted)")
-    p.add_argument("--eps", type=float, default=8.0,
-                   help="budget: linf in pixel levels out of 255, l2 in [0,1] pixel units (default %(default)s)")
-    p.add_argument("--norm", default="linf", choices=["linf", "l2"], help="default %(default)s")
-    p.add_argument("--lambda", dest="lam", type=float, default=0.05,
-                   help="weight of the perturbation-size penalty (default %(default)s)")
+    p.add_argument("--eps", type=float, default=8.0, help="L-inf budget in levels out of 255 (default %(default)s)")
+    p.add_argument("--psnr-min", type=float, help="also keep every perturbed image at this PSNR or more (dB)")
     p.add_argument("--epochs", type=int, default=10, help="generator training epochs (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--width", type=int, default=32,
-                   help="generator filters at full resolution; 0: a universal perturbation per target (the template) "
-                        "and a colour term only (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="default %(default)s")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, cosine decay (default %(default)s)")
+    p.add_argument("--width", type=int, default=16, help="generator filters at full resolution (default %(default)s)")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="train on the images as they are (default: random mirror and shift of each batch)")
     p.add_argument("--out", default="runs/attack", help="run folder (default %(default)s)")
     p.add_argument("--data", help="dataset of the target run (default: the one recorded in its config)")
     p.add_argument("--transfer", help="another run folder of the same task to test the perturbations on")
-    p.add_argument("--pgd-steps", type=int, default=10)
+    p.add_argument("--pgd-steps", type=int, default=10, help="default %(default)s")
+    p.add_argument("--hybrid-steps", type=int, default=0,
+                   help="also evaluate the generator refined by this many PGD steps (default: off)")
+    p.add_argument("--budgets", type=float, nargs="*", default=[],
+                   help="extra L-inf budgets for a success-vs-budget table, e.g. 4 8 12 16")
     p.add_argument("--max-train", type=int, help="use at most this many training images")
     p.add_argument("--max-eval", type=int, help="evaluate on at most this many held-out images")
     p.add_argument("--seed", type=int, default=0)
