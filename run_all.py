@@ -110,9 +110,12 @@ def write_summary(out, root, scores, val_scores, submission, times):
             lines.append(f"| submission score, {name} | classification {s['classification']:.3f}, "
                          f"segmentation {s['segmentation']:.3f}, joint {s['score']:.3f} |")
     for method, r in att["held_out"].items():
-        lines.append(f"| attack `{att['goal']}` -> {att['target_class']}, {method} | success "
-                     f"{num(r['success_rate'], '.1%')}, L-inf max {num(r['linf_max_255'], '.1f')}/255, "
-                     f"PSNR {num(r['psnr_mean'], '.1f')} dB, {num(r['ms_per_image'], '.0f')} ms/image |")
+        lo, hi = r["success_95ci"]
+        lines.append(f"| attack `{att['goal']}` -> {att['target_class'] or 'lose labels'}, {method} (held-out) | "
+                     f"success {num(r['success_rate'], '.1%')} (95% CI {num(lo, '.0%')}-{num(hi, '.0%')}), "
+                     f"L-inf max {num(r['linf_max_255'], '.1f')}/255, PSNR {num(r['psnr_mean'], '.1f')} dB, "
+                     f"{num(r['ms_per_image'], '.0f')} ms/image, target passes fwd/bwd "
+                     f"{r['target_forward_per_image']}/{r['target_backward_per_image']} |")
     if submission:
         lines += ["", f"Submission: [{os.path.relpath(submission, out)}]({os.path.relpath(submission, out)})"]
     lines += ["", "## Figures", ""]
