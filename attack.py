@@ -544,7 +544,7 @@ def panel(path, goal, images, adv, n=6, title=""):
 def load_target(run_dir, goal_name, target_class):
     """A Goal against the model of a finished run folder (UserError if it is of the wrong task)."""
     if GOALS[goal_name] == "classification":
-        model, config, thresholds = cls_train.load_run(run_dir)
+        model, config, thresholds = cls_train.load_classifier(run_dir)
     else:
         model, config = common.load_run(run_dir, "segmentation")
         thresholds = None

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 from common import CLASSES, NUM_CLASSES
 
-DEFAULTS = {  # per model: image size, epochs (total), warm-up epochs (frozen backbone), batch, learning rate
+CLS_DEFAULTS = {  # per model: image size, epochs (total), warm-up epochs (frozen backbone), batch, learning rate
     "scratch": dict(img_size=128, epochs=60, warmup_epochs=0, batch_size=32, lr=2e-3),
     "mobilenetv2": dict(img_size=224, epochs=15, warmup_epochs=5, batch_size=16, lr=1e-3),
 }
@@ -137,7 +137,7 @@ def tune_thresholds(probs, labels, grid=THRESHOLD_GRID, min_positives=3, passes=
 # ----------------------------------------------------------------------------------------------
 # Prediction helpers (also used by predict.py and attack.py)
 
-def load_run(run_dir):
+def load_classifier(run_dir):
     """(model, config, thresholds) of a finished classification run folder."""
     model, config = common.load_run(run_dir, "classification")
     thresholds = np.array(common.read_json(os.path.join(run_dir, "thresholds.json"))["thresholds"])
@@ -168,7 +168,7 @@ def predict_probs(model, split, examples, config, batch_size=32, flip=False):
 # ----------------------------------------------------------------------------------------------
 # Pictures
 
-def gallery(path, split, examples, probs, pred, n=6):
+def cls_gallery(path, split, examples, probs, pred, n=6):
     """The n best and n worst validation images by per-image Dice, with true and predicted labels."""
     truth = split.labels > 0
     scores = np.array([common.dice(p, t) for p, t in zip(pred, truth)])
@@ -229,11 +229,11 @@ def train(data="demo", model="scratch", out="runs/cls", img_size=None, epochs=No
     existing `out` without resume or overwrite, resume without an interrupted run, or training
     that ends with no epoch of finite loss; a run that fails before its first epoch leaves no folder.
     """
-    d = DEFAULTS["scratch" if model == "scratch" else "mobilenetv2"]
+    d = CLS_DEFAULTS["scratch" if model == "scratch" else "mobilenetv2"]
     img_size, epochs = img_size or d["img_size"], epochs or d["epochs"]
     batch_size, lr = batch_size or d["batch_size"], lr or d["lr"]
     warmup_epochs = d["warmup_epochs"] if warmup_epochs is None else warmup_epochs
-    if model not in DEFAULTS:
+    if model not in CLS_DEFAULTS:
         raise common.UserError(f"unknown --model {model!r}; choose scratch or mobilenetv2")
     if loss not in ("bce", "focal", "asl"):
         raise common.UserError(f"unknown --loss {loss!r}; choose bce, focal or asl")
@@ -283,7 +283,7 @@ def train(data="demo", model="scratch", out="runs/cls", img_size=None, epochs=No
                                            time_limit, verbose)
 
         best = keras.models.load_model(os.path.join(out, "model.keras"), compile=False, safe_mode=True)
-        metrics = evaluate(best, val_split, val_examples, train_split, config, out)
+        metrics = evaluate_classifier(best, val_split, val_examples, train_split, config, out)
         metrics.update(epochs_trained=state["epoch"], best_epoch=state["best_epoch"],
                        stopped_by_nan=bool(state["nan_epoch"]), stopped_by_time_limit=state["time_limited"])
         common.write_json(os.path.join(out, "metrics.json"), metrics)
@@ -297,7 +297,7 @@ def train(data="demo", model="scratch", out="runs/cls", img_size=None, epochs=No
         return best, history
 
 
-def evaluate(model, val_split, val_examples, train_split, config, out):
+def evaluate_classifier(model, val_split, val_examples, train_split, config, out):
     """Validation metrics, tuned thresholds (thresholds.json) and the gallery PNG."""
     probs = predict_probs(model, val_split, val_examples, config)
     truth = val_split.labels > 0
@@ -309,7 +309,7 @@ def evaluate(model, val_split, val_examples, train_split, config, out):
     # constant baseline: the training class frequencies as scores for every image, thresholds tuned
     freq = np.tile((train_split.labels > 0).mean(0), (len(val_split), 1))
     _, baseline = tune_thresholds(freq, truth, passes=0)
-    gallery(os.path.join(out, "gallery.png"), val_split, val_examples, probs, decide(probs, thresholds))
+    cls_gallery(os.path.join(out, "gallery.png"), val_split, val_examples, probs, decide(probs, thresholds))
     return {"val_map": val_map, "val_ap": dict(zip(CLASSES, per_class_ap)),
             "val_dice_at_0.5": common.classification_dice(probs >= 0.5, truth),
             "val_dice_at_0.5_top1": common.classification_dice(decide(probs, np.full(NUM_CLASSES, 0.5)), truth),
@@ -319,7 +319,7 @@ def evaluate(model, val_split, val_examples, train_split, config, out):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="dataset folder (competition or VOC layout) or 'demo' (default: /kaggle/input)")
-    p.add_argument("--model", default="scratch", choices=list(DEFAULTS), help="default %(default)s")
+    p.add_argument("--model", default="scratch", choices=list(CLS_DEFAULTS), help="default %(default)s")
     p.add_argument("--out", default="runs/cls", help="run folder (default %(default)s)")
     p.add_argument("--img-size", type=int, help="input size (default: scratch 128, mobilenetv2 224)")
     p.add_argument("--epochs", type=int, help="total epochs (default: scratch 60, mobilenetv2 15)")

@@ -98,7 +98,7 @@ def run(data=None, cls="runs/cls", seg="runs/seg", out="runs/predict", split="te
         raise common.UserError(f"unknown --tta item {sorted(set(tta) - set(TTA))[0]!r}; use {', '.join(TTA)}")
     cls_flip = "flip" in tta or "cls-flip" in tta
     seg_flip = "flip" in tta or "seg-flip" in tta
-    cls_model, cls_config, thresholds = cls_train.load_run(cls)
+    cls_model, cls_config, thresholds = cls_train.load_classifier(cls)
     seg_model, seg_config = common.load_run(seg, "segmentation")
     with common.run_folder(out, overwrite=overwrite, progress="submission.csv"):  # kept once written
         data_split = pick_split(data, split, cls_config, seg_config)

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from common import CLASSES, NUM_CLASSES, VOID
 
-DEFAULTS = {  # per model: image size, epochs (total), warm-up epochs (frozen encoder), batch, learning rate
+SEG_DEFAULTS = {  # per model: image size, epochs (total), warm-up epochs (frozen encoder), batch, learning rate
     "unet": dict(img_size=160, epochs=60, warmup_epochs=0, batch_size=8, lr=5e-3),
     "mobilenetv2_unet": dict(img_size=256, epochs=30, warmup_epochs=8, batch_size=8, lr=2e-3),
 }
@@ -222,7 +222,7 @@ def seg_metrics(pred_masks, true_masks):
 # ----------------------------------------------------------------------------------------------
 # Pictures
 
-def gallery(path, split, examples, pred_masks, per_image_dice, n=4):
+def seg_gallery(path, split, examples, pred_masks, per_image_dice, n=4):
     """The n best and n worst validation images: image, true mask, predicted mask, with a legend."""
     order = np.argsort(-np.asarray(per_image_dice), kind="stable")
     tiles, shown = [], set()
@@ -286,11 +286,11 @@ def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None,
     resume or overwrite, resume without an interrupted run, or training that ends with no epoch
     of finite loss; a run that fails before its first epoch leaves no folder.
     """
-    if model not in DEFAULTS:
+    if model not in SEG_DEFAULTS:
         raise common.UserError(f"unknown --model {model!r}; choose unet or mobilenetv2_unet")
     if loss not in ("ce", "dice", "ce+dice"):
         raise common.UserError(f"unknown --loss {loss!r}; choose ce, dice or ce+dice")
-    d = DEFAULTS[model]
+    d = SEG_DEFAULTS[model]
     img_size, epochs = img_size or d["img_size"], epochs or d["epochs"]
     batch_size, lr = batch_size or d["batch_size"], lr or d["lr"]
     warmup_epochs = d["warmup_epochs"] if warmup_epochs is None else warmup_epochs
@@ -345,7 +345,7 @@ def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None,
         best = keras.models.load_model(os.path.join(out, "model.keras"), compile=False, safe_mode=True)
         pred = predict_masks(best, [im for im, _ in val_examples], img_size)
         m = seg_metrics(pred, [mask for _, mask in val_examples])
-        gallery(os.path.join(out, "gallery.png"), val_split, val_examples, pred, m["per_image_dice"])
+        seg_gallery(os.path.join(out, "gallery.png"), val_split, val_examples, pred, m["per_image_dice"])
         all_background = float(np.mean([common.segmentation_dice(np.zeros_like(mask), mask)
                                         for _, mask in val_examples]))
         metrics = {"val_miou": m["miou"], "val_iou": m["iou"], "val_dice": m["dice"],
@@ -366,7 +366,7 @@ def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None,
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="dataset folder (competition or VOC layout) or 'demo' (default: /kaggle/input)")
-    p.add_argument("--model", default="unet", choices=list(DEFAULTS), help="default %(default)s")
+    p.add_argument("--model", default="unet", choices=list(SEG_DEFAULTS), help="default %(default)s")
     p.add_argument("--out", default="runs/seg", help="run folder (default %(default)s)")
     p.add_argument("--img-size", type=int, help="training crop size, a multiple of 32 "
                                                 "(default: unet 160, mobilenetv2_unet 256)")

@@ -42,7 +42,7 @@ def main():
     print(f"machine: {machine}; data {args.data}; cls {args.cls}; seg {args.seg}", flush=True)
     os.makedirs(args.out, exist_ok=True)
 
-    cls_model, cls_config, thresholds = cls_train.load_run(args.cls)
+    cls_model, cls_config, thresholds = cls_train.load_classifier(args.cls)
     seg_model, seg_config = common.load_run(args.seg, "segmentation")
     val = predict.pick_split(args.data, "val", cls_config, seg_config)
     truth = predict.solution_for(val, "val", args.out)

@@ -22,7 +22,7 @@ import seg_train  # noqa: E402
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="demo")
-    p.add_argument("--model", default="unet", choices=list(seg_train.DEFAULTS))
+    p.add_argument("--model", default="unet", choices=list(seg_train.SEG_DEFAULTS))
     p.add_argument("--img-size", type=int, default=96)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--width", type=int, default=16)

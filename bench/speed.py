@@ -105,7 +105,7 @@ def part_throughput(split, examples, steps):
     rows = []
     for task, model, stage in [("cls", "scratch", 1), ("cls", "mobilenetv2", 1), ("cls", "mobilenetv2", 2),
                                ("seg", "unet", 1), ("seg", "mobilenetv2_unet", 1), ("seg", "mobilenetv2_unet", 2)]:
-        d = (cls_train if task == "cls" else seg_train).DEFAULTS[model]
+        d = (cls_train.CLS_DEFAULTS if task == "cls" else seg_train.SEG_DEFAULTS)[model]
         net = build(task, model, d["img_size"], stage)
         ips = images_per_second(net, pipeline(split, examples, task, d["img_size"], d["batch_size"]),
                                 d["batch_size"], steps)
@@ -138,7 +138,7 @@ def part_predict():
     n = len(common.load_split(PROXY, "test"))
 
     t = time.perf_counter()
-    cls_model, cls_config, _ = cls_train.load_run(cls_run)
+    cls_model, cls_config, _ = cls_train.load_classifier(cls_run)
     seg_model, seg_config = common.load_run(seg_run, "segmentation")
     load = time.perf_counter() - t
     size, batch = seg_train.canvas_size(seg_config["img_size"], 1.0), 8

@@ -40,7 +40,7 @@ def test_scratch_run_writes_everything_and_reloads(demo_dir, tmp_path):
     check_run_folder(out)
     assert len(history["loss"]) == 2 and len(common.read_log(os.path.join(out, "log.csv"))["loss"]) == 2
     # a reloaded model plus its thresholds gives the same predictions
-    loaded, config, thresholds = cls_train.load_run(out)
+    loaded, config, thresholds = cls_train.load_classifier(out)
     split = common.load_split(demo_dir, "train")
     val = split.subset([split.ids.index(i) for i in config["val_ids"]])
     examples = common.load_examples(val, masks=False)
