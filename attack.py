@@ -728,4 +728,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_cli(main))
+    if common.in_notebook(globals()):  # pasted into a notebook cell: the cells after it can `import attack`
+        sys.modules["attack"] = common.cell_module("attack", globals())
+    else:
+        sys.exit(common.run_cli(main))

@@ -349,4 +349,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_cli(main))
+    if common.in_notebook(globals()):  # pasted into a notebook cell: the cells after it can `import cls_train`
+        sys.modules["cls_train"] = common.cell_module("cls_train", globals())
+    else:
+        sys.exit(common.run_cli(main))

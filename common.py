@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+import types
 import warnings
 from dataclasses import dataclass
 
@@ -1744,6 +1745,26 @@ def dataset_summary(data=None, out=None, samples=12, seed=0):
     return train, test
 
 
+def in_notebook(namespace):
+    """True when a script's text was pasted into a notebook cell (or an IPython prompt) and run
+    there, where __name__ is also "__main__": `namespace` is the script's globals(). A file run
+    (python x.py, python -m x, IPython's %run x.py) always sets __file__; a pasted cell never does."""
+    return "__file__" not in namespace and "IPython" in sys.modules
+
+
+def cell_module(name, namespace):
+    """A module `name` holding the names a pasted cell defined (its globals), for sys.modules, so that
+    the cells after it can `import name` as if the script were a file next to the notebook.
+
+    Plain code, no exec: the functions still look up their globals in the notebook's one shared
+    namespace, so the six scripts define no top-level name twice, except the entry points train,
+    run and main, which other scripts reach only through these modules (tests/test_notebook.py)."""
+    module = types.ModuleType(name)
+    module.__dict__.update(namespace)
+    module.__name__ = name  # the cell's globals say "__main__"
+    return module
+
+
 def run_cli(main, argv=None):
     """Call main(argv); a UserError becomes one 'error: ...' line and exit status 2 (the full
     traceback with --debug)."""
@@ -1783,4 +1804,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    if in_notebook(globals()):  # pasted into a notebook cell: the cells after it can `import common`
+        sys.modules["common"] = cell_module("common", globals())
+    else:
+        sys.exit(run_cli(main))

@@ -236,4 +236,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_cli(main))
+    if common.in_notebook(globals()):  # pasted into a notebook cell: the cells after it can `import predict`
+        sys.modules["predict"] = common.cell_module("predict", globals())
+    else:
+        sys.exit(common.run_cli(main))

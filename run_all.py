@@ -145,4 +145,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_cli(main))
+    if common.in_notebook(globals()):  # pasted into a notebook cell: the cells after it can `import run_all`
+        sys.modules["run_all"] = common.cell_module("run_all", globals())
+    else:
+        sys.exit(common.run_cli(main))

@@ -398,4 +398,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_cli(main))
+    if common.in_notebook(globals()):  # pasted into a notebook cell: the cells after it can `import seg_train`
+        sys.modules["seg_train"] = common.cell_module("seg_train", globals())
+    else:
+        sys.exit(common.run_cli(main))
