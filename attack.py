@@ -651,7 +651,7 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
         common.save_model(generator, os.path.join(out, "generator.keras"))
 
         # Evaluation on held-out images, every method judged by the product's rule
-        gen = trainer.predict_on_batch
+        gen = trainer.predict_on_batch  # the perturbed batch (NumPy)
         pgd = f"pgd{pgd_steps}"
         methods = {"generator": gen,
                    "random_noise": lambda x: perturb(x, random_noise(x, eps, l2)),
@@ -659,7 +659,7 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
                    pgd: lambda x: x + gradient_attack(the_goal, x, eps, l2, steps=pgd_steps)}
         if hybrid_steps:
             methods[f"generator+pgd{hybrid_steps}"] = lambda x: x + gradient_attack(
-                the_goal, x, eps, l2, steps=hybrid_steps, start=gen(x) - x)
+                the_goal, x, eps, l2, steps=hybrid_steps, start=tf.convert_to_tensor(gen(x)) - x)
         # target passes per image (forward, backward): the generator reads the target's encoder once;
         # the gradient attacks run it on the clean image (reference) and once per step
         cost = {"generator": (1, 0), "random_noise": (0, 0), "fgsm": (2, 1), pgd: (pgd_steps + 1, pgd_steps),
@@ -671,7 +671,7 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
             print(summary_line(name, results[name]), flush=True)
         budget_table = {}
         for b in budgets:  # success vs budget: the generator's perturbation rescaled, PGD at that budget
-            scaled = lambda x, b=b: perturb(x, project((gen(x) - x) * (b / eps), b, l2))  # noqa: E731
+            scaled = lambda x, b=b: perturb(x, project((tf.convert_to_tensor(gen(x)) - x) * (b / eps), b, l2))  # noqa: E731
             pgd_at_b = lambda x, b=b: x + gradient_attack(the_goal, x, b, l2, steps=pgd_steps)  # noqa: E731
             budget_table[f"{b:g}"] = {"generator_rescaled": evaluate(the_goal, val_images, scaled)[0]["success_rate"],
                                       pgd: evaluate(the_goal, val_images, pgd_at_b)[0]["success_rate"]}
