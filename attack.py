@@ -253,7 +253,7 @@ class Goal:
         box = np.zeros((size, size), np.float32)  # the central box, `region` of each side
         lo, hi = int(round(size * (1 - region) / 2)), int(round(size * (1 + region) / 2))
         box[lo:hi, lo:hi] = 1
-        self.region = tf.constant(box)
+        self.region, self.region_pixels = tf.constant(box), float(box.sum())
 
     def reference(self, z):
         """What the model says about the clean images, from their logits: the reported labels (B, 20)
@@ -300,7 +300,7 @@ class Goal:
             return drop + tf.minimum(other_passes, top)
         pixel = self.pixel_margin(z, tf.fill(tf.shape(z)[:-1], self.t + 1))
         inside = tf.boolean_mask(tf.transpose(pixel, (1, 2, 0)), self.region > 0)  # (box pixels, B)
-        k = int(math.ceil(REGION_SUCCESS * float(np.sum(self.region.numpy()))))
+        k = int(math.ceil(REGION_SUCCESS * self.region_pixels))
         easiest = -tf.math.top_k(-tf.transpose(inside), k).values
         return tf.reduce_mean(easiest, -1)
 
@@ -340,7 +340,7 @@ class Goal:
             kept = (reported * reference).sum(-1)
             return kept == 0, (outputs * reference).sum(-1) / np.maximum(reference.sum(-1), 1)
         hit = outputs.argmax(-1) == self.t + 1
-        share = (hit * self.region.numpy()).sum((1, 2)) / self.region.numpy().sum()
+        share = (hit * self.region.numpy()).sum((1, 2)) / self.region_pixels
         return share >= REGION_SUCCESS, share
 
 
