@@ -26,6 +26,8 @@ RUNS = {
     "cls_targeted_eps16": dict(target=CLS, goal="cls_targeted", target_class="aeroplane", eps=16.0, epochs=30,
                                budgets=[4.0, 8.0, 12.0]),
     "cls_untargeted_eps8": dict(target=CLS, goal="cls_untargeted", eps=8.0, epochs=10, budgets=[16.0]),
+    # the 10-epoch curve was still rising when the cosine schedule ended: same run, 4x the schedule
+    "cls_untargeted_eps8_40ep": dict(target=CLS, goal="cls_untargeted", eps=8.0, epochs=40, budgets=[4.0, 12.0, 16.0]),
     "seg_targeted_eps16": dict(target=SEG, goal="seg_targeted", target_class="chair", eps=16.0, epochs=10,
                                max_train=320, max_eval=100),
     "cls_targeted_eps16_psnr35": dict(target=CLS, goal="cls_targeted", target_class="aeroplane", eps=16.0,
