@@ -1696,13 +1696,17 @@ def plot_curves(log_path, out_path, panels, title=""):
 # Command line
 
 def dataset_summary(data=None, out=None, samples=12, seed=0):
-    """Read every image and mask of a dataset, print a summary, write samples.png into out."""
+    """Read every image and mask of a dataset, print a summary, and write samples.png and
+    summary.json (the printed counts: images per split and per class, labels per image, object
+    and void pixel shares) into `out`. Returns the (train, test) Splits."""
     root, _ = resolve_data(data)  # generates the demo data first if needed
     t0 = time.time()
     train = load_split(root, "train")
     test = load_split(root, "test")
     print(f"data: {train.root} ({train.layout} layout)")
     print(f"train: {len(train)} images, masks: {'yes' if train.has_masks else 'no'}; test: {len(test)} images")
+    facts = dict(root=train.root, layout=train.layout, train_images=len(train), test_images=len(test),
+                 train_masks=train.has_masks)
     for split in (train, test):
         sizes, void, objects = [], 0, 0
         for i in range(len(split)):
@@ -1721,12 +1725,15 @@ def dataset_summary(data=None, out=None, samples=12, seed=0):
         if split.has_masks:
             pixels = int(sum(h * w for h, w in sizes))
             print(f"{split.name} pixels: {100 * objects / pixels:.1f}% object, {100 * void / pixels:.1f}% void")
+            facts.update(object_pixel_share=objects / pixels, void_pixel_share=void / pixels)
     if train.has_labels:
         counts = (train.labels > 0).sum(0)
         per_image = (train.labels > 0).sum(1)
         print(f"labels per image: mean {per_image.mean():.2f}, max {per_image.max()}, "
               f"images with none {int((per_image == 0).sum())}")
         print("images per class: " + ", ".join(f"{c} {n}" for c, n in zip(CLASSES, counts)))
+        facts.update(labels_per_image=float(per_image.mean()), max_labels_per_image=int(per_image.max()),
+                     images_per_class={c: int(n) for c, n in zip(CLASSES, counts)})
     print(f"read every image and mask in {time.time() - t0:.1f} s")
     if out:
         os.makedirs(out, exist_ok=True)
@@ -1741,7 +1748,8 @@ def dataset_summary(data=None, out=None, samples=12, seed=0):
                 tiles.append(tile(colorize(mask), 128, wrap_names(names, chars)))
         pic = grid(tiles, 6, title=f"{len(pick)} training samples from {train.root}: image | mask")
         save_png(os.path.join(out, "samples.png"), with_legend(pic, range(NUM_CLASSES)))
-        print(f"wrote {os.path.join(out, 'samples.png')}")
+        write_json(os.path.join(out, "summary.json"), facts)
+        print(f"wrote {os.path.join(out, 'samples.png')} and summary.json")
     return train, test
 
 

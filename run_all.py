@@ -11,7 +11,11 @@ or offline from $KERAS_HOME/models).
 """
 
 import argparse
+import base64
+import io
+import json
 import os
+import platform
 import sys
 import time
 
@@ -81,6 +85,7 @@ def run(data="demo", out="runs/all", transfer=False, overwrite=False, verbose=2,
                               split="val", score=True)
         times["total"] = time.time() - t0
         summary = write_summary(out, root, scores, val_scores, submission, times)
+        write_report(out)
         print(f"\nall done in {times['total'] / 60:.1f} min: {os.path.join(out, 'summary.md')}", flush=True)
         return summary
 
@@ -129,7 +134,265 @@ def write_summary(out, root, scores, val_scores, submission, times):
         if os.path.isfile(os.path.join(out, rel)):
             lines += [f"### {title}", "", f"![{title}]({rel})", ""]
     common.atomic_write(os.path.join(out, "summary.md"), lambda f: f.write("\n".join(lines) + "\n"))
+    common.write_json(os.path.join(out, "summary.json"), {"root": root, "test": scores, "val": val_scores,
+                                                          "times": times, "machine": machine()})
     return {"cls": cls, "seg": seg, "attack": att, "test": scores, "val": val_scores, "times": times}
+
+
+def machine():
+    """The machine in a few words, for the record of where times were measured."""
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+# ----------------------------------------------------------------------------------------------
+# The report notebook: the assignment's report, built from a finished run folder
+
+REFLECTION = [  # the attack's reflection questions, as headed cells for the author to answer
+    "How visible is the perturbation, and which measure (L-inf, PSNR, SSIM) matches what you see?",
+    "Why can a change this small move the network's decision?",
+    "How do the generator, FGSM and PGD compare in success and cost, and what would make the generator stronger?",
+    "Would these perturbations fool another model, and how could a model be defended against them?",
+]
+FIGURE_PNG_LIMIT = 250_000  # bytes; larger figures (photo grids) are embedded as JPEG to keep the notebook small
+
+
+def read_if_present(out, rel):
+    """A run folder's JSON file, or None when the run did not write it."""
+    path = os.path.join(out, rel)
+    return common.read_json(path) if os.path.isfile(path) else None
+
+
+def embedded_figure(path, name):
+    """(attachment name, {mime type: base64 text}) of a figure file for a markdown cell; a PNG over
+    FIGURE_PNG_LIMIT bytes is re-encoded as JPEG (quality 85)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) <= FIGURE_PNG_LIMIT:
+        return name + ".png", {"image/png": base64.b64encode(data).decode("ascii")}
+    buf = io.BytesIO()
+    common.Image.open(io.BytesIO(data)).convert("RGB").save(buf, "JPEG", quality=85)
+    return name + ".jpg", {"image/jpeg": base64.b64encode(buf.getvalue()).decode("ascii")}
+
+
+def markdown_cell(out, text, figures=()):
+    """A notebook markdown cell; each (title, path relative to out) figure is embedded in the cell
+    as an attachment, so the notebook renders without the run folder."""
+    attachments = {}
+    for title, rel in figures:
+        if not os.path.isfile(os.path.join(out, rel)):
+            text += f"\n\n_(no {rel} in this run)_"
+            continue
+        name, data = embedded_figure(os.path.join(out, rel), rel.replace("/", "_").rsplit(".", 1)[0])
+        attachments[name] = data
+        text += f"\n\n**{title}**\n\n![{title}](attachment:{name})"
+    cell = {"cell_type": "markdown", "metadata": {}, "source": text}
+    if attachments:
+        cell["attachments"] = attachments
+    return cell
+
+
+def code_cell(text):
+    return {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": text}
+
+
+def markdown_table(header, rows):
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
+                     ["| " + " | ".join(str(v) for v in row) + " |" for row in rows])
+
+
+def best_and_worst(per_class, k=3):
+    """'best: a 0.91, b 0.88, ...; worst: ...' of a {class: value} dict, undefined (null) values left out."""
+    ranked = sorted(((v, c) for c, v in per_class.items() if v is not None), reverse=True)
+    say = lambda part: ", ".join(f"{c} {v:.2f}" for v, c in part)  # noqa: E731
+    return f"best: {say(ranked[:k])}; worst: {say(ranked[-k:][::-1])}"
+
+
+MODEL_TEXT = {  # design of each model family, as the report states it
+    "scratch": "a VGG-like CNN trained from scratch: five blocks of two 3x3 conv-BN-ReLU layers and max "
+               "pooling, global average pooling, dropout and 20 sigmoid outputs",
+    "mobilenetv2": "MobileNetV2 with ImageNet weights (never weights trained on VOC) and a new head (global "
+                   "average pooling, dropout, 20 sigmoid outputs); the backbone is frozen first, then "
+                   "fine-tuned from its top stage",
+    "unet": "a U-Net trained from scratch: an encoder of conv-BN-ReLU blocks and max pooling, a decoder "
+            "that upsamples and joins the encoder's feature maps at each scale, 21 softmax outputs per pixel",
+    "mobilenetv2_unet": "a U-Net whose encoder is MobileNetV2 with ImageNet weights (frozen first, then "
+                        "fine-tuned); the decoder upsamples and joins the encoder's feature maps at four scales",
+}
+
+
+def training_table(config, metrics):
+    """Markdown table of how a model was trained, from its run's config.json and metrics.json."""
+    devices = config.get("devices", {})
+    return markdown_table(["setting", "value"], [
+        ("model", f"`{config['model']}`"),
+        ("input", f"{config['img_size']} x {config['img_size']} pixels ({config['fit']})"),
+        ("loss", config.get("loss")),
+        ("batch, peak learning rate", f"{devices.get('global_batch_size')}, {devices.get('lr')}"),
+        ("epochs trained (best epoch)", f"{metrics['epochs_trained']} ({metrics['best_epoch']})"),
+        ("stopped by time limit", metrics["stopped_by_time_limit"]),
+        ("validation images", metrics["val_images"])])
+
+
+def attack_task(att):
+    """One sentence: what the attacker asks of the target, and the budget."""
+    budget = f"at most {att['eps_255']:g}/255 per pixel (L-inf)"
+    if att.get("psnr_min"):
+        budget += f" and a PSNR of at least {att['psnr_min']:g} dB"
+    goal = {"cls_targeted": f"make the classifier report `{att['target_class']}` (by predict.py's rule)",
+            "cls_untargeted": "make the classifier report none of the image's clean labels (by predict.py's rule)",
+            "seg_targeted": f"make the segmenter label at least 80% of the central box `{att['target_class']}`"}
+    return f"{goal[att['goal']]}, changing the image by {budget}"
+
+
+def report_cells(out):
+    """The report notebook's cells, from the run folder `out` (see write_report)."""
+    data = read_if_present(out, "data_check/summary.json")
+    run = read_if_present(out, "summary.json") or {}
+    cls, seg, att = (common.read_json(os.path.join(out, s, "metrics.json")) for s in ("cls", "seg", "attack"))
+    cls_cfg, seg_cfg = (common.read_json(os.path.join(out, s, "config.json")) for s in ("cls", "seg"))
+    times = run.get("times", {})
+    md = lambda text, figures=(): markdown_cell(out, text, figures)  # noqa: E731
+    cells = [md(f"# PASCAL VOC 2009: classification, segmentation and an adversarial attack\n\n"
+                f"Run folder `{os.path.basename(os.path.abspath(out))}`, data `{cls_cfg['data']}`"
+                + (f", {times['total'] / 60:.1f} minutes on {run.get('machine')}" if "total" in times else "")
+                + ". Every number and figure below was read from the run folder when this notebook was "
+                "written (`python run_all.py --report-only --out RUN` writes it again); the last section "
+                "is the code that writes `submission.csv`.")]
+
+    text = "## 1. Data\n\n"
+    if data:
+        text += (f"{data['train_images']} labelled training images ({cls['val_images']} of them held out for "
+                 f"validation), {data['test_images']} test images. Labels per image: mean "
+                 f"{data.get('labels_per_image', float('nan')):.2f}, at most {data.get('max_labels_per_image')}.")
+        if "object_pixel_share" in data:
+            text += (f" Pixels: {100 * data['object_pixel_share']:.1f}% object, "
+                     f"{100 * data['void_pixel_share']:.1f}% void (255, not scored).")
+        if data.get("images_per_class"):
+            text += "\n\nTraining images per class: " + ", ".join(
+                f"{c} {n}" for c, n in data["images_per_class"].items()) + "."
+    cells.append(md(text, [("Training samples: image and mask", "data_check/samples.png")]))
+
+    cells.append(md(
+        f"## 2. Classification (20 classes, multi-label)\n\nThe classifier is {MODEL_TEXT[cls_cfg['model']]}. "
+        "Each class has its own threshold, tuned on the validation split for the competition's Dice; when no "
+        "class passes its threshold the most probable class is reported (every image shows at least one class). "
+        f"This run trained the {'transfer-learned' if cls_cfg.get('backbone') else 'from-scratch'} family; "
+        f"`cls_train.py --model {'scratch' if cls_cfg.get('backbone') else 'mobilenetv2'}` trains the other "
+        "for comparison.\n\n" + training_table(cls_cfg, cls)))
+    cells.append(md("### Learning curves\n\nLoss and Dice of the label sets (the competition's classification "
+                    "metric) per epoch, training and validation.", [("Classifier learning curves", "cls/curves.png")]))
+    cells.append(md("### Numbers (validation split)\n\n" + markdown_table(["measure", "value"], [
+        ("mAP", num(cls["val_map"])), ("Dice at threshold 0.5", num(cls["val_dice_at_0.5"])),
+        ("Dice at tuned thresholds (tuned on these images: optimistic)", num(cls["val_dice_tuned"])),
+        ("Dice of the best constant label set (baseline)", num(cls["baseline_dice"]))])
+        + f"\n\nAverage precision per class, {best_and_worst(cls['val_ap'])}."))
+    cells.append(md("### Good and bad cases", [("Best and worst validation images", "cls/gallery.png")]))
+
+    cells.append(md(
+        f"## 3. Segmentation (background + 20 classes; 255 = void)\n\nThe segmenter is {MODEL_TEXT[seg_cfg['model']]}. "
+        f"`seg_train.py --model {'unet' if seg_cfg.get('backbone') else 'mobilenetv2_unet'}` trains the other "
+        "family for comparison.\n\n" + training_table(seg_cfg, seg)))
+    cells.append(md("### Learning curves", [("Segmenter learning curves", "seg/curves.png")]))
+    cells.append(md("### Numbers (validation split)\n\n" + markdown_table(["measure", "value"], [
+        ("mean IoU (21 classes)", num(seg["val_miou"])),
+        ("Dice (the submission's segmentation half)", num(seg["val_dice"])),
+        ("Dice of an all-background prediction (baseline)", num(seg["all_background_dice"]))])
+        + f"\n\nIoU per class, {best_and_worst(seg['val_iou'])}."))
+    cells.append(md("### Good and bad cases", [("Best and worst validation images", "seg/gallery.png")]))
+
+    rows = []
+    for method, r in att["held_out"].items():
+        lo, hi = r["success_95ci"]
+        rows.append((method, f"{num(r['success_rate'], '.1%')} [{num(lo, '.0%')}, {num(hi, '.0%')}]",
+                     f"{num(r['score_before'])} -> {num(r['score_after'])}", num(r["linf_max_255"], ".1f"),
+                     f"{num(r['psnr_mean'], '.1f')} / {num(r['psnr_min'], '.1f')}", num(r["ssim_mean"]),
+                     num(r["ms_per_image"], ".0f"),
+                     f"{r['target_forward_per_image']} / {r['target_backward_per_image']}"))
+    text = (f"## 4. Adversarial attack\n\n### The task\n\nThe attacker's goal: {attack_task(att)}. A perturbation "
+            "generator (an encoder-decoder on the frozen target's feature maps) is trained with a custom "
+            f"`train_step` against the frozen `{att['target_run']}` model: {att['train_images']} training images, "
+            f"{att['epochs']} epochs, {att['train_image_gradients']:.0f} image-gradients in "
+            f"{att['train_seconds'] / 60:.1f} minutes; the target's weights stayed unchanged: "
+            f"{att['target_weights_unchanged']}. It is compared at the same budget with random sign noise (a "
+            "control that should stay near 0%), FGSM (one gradient step) and PGD-10 (ten), on "
+            f"{att['held_out_images']} held-out images.\n\n### Results (held-out images)\n\n" + markdown_table(
+                ["method", "success [95% CI]", "score before -> after", "L-inf max /255", "PSNR mean / min dB",
+                 "SSIM", "ms / image", "target passes fwd / bwd"], rows))
+    if att.get("budget_table"):
+        methods = list(next(iter(att["budget_table"].values())))
+        text += "\n\nSuccess against the L-inf budget (the generator rescaled to each budget):\n\n" + markdown_table(
+            ["budget /255"] + methods, [[b] + [num(v) for v in r.values()]
+                                        for b, r in sorted(att["budget_table"].items(), key=lambda kv: float(kv[0]))])
+    cells.append(md(text))
+    cells.append(md("### Examples\n\nOriginal image, perturbation (amplified), perturbed image, and the model's "
+                    "output before and after.", [("Generator on held-out images", "attack/panel.png")]))
+    cells.append(md("### Learning curve\n\nAttack loss and success per epoch on training and held-out images.",
+                    [("Generator learning curve", "attack/curves.png")]))
+    for question in REFLECTION:
+        cells.append(md(f"### {question}\n\n_Answer here._"))
+
+    scored = [(name, read_if_present(out, f"{folder}/scores.json"))
+              for name, folder in (("validation split", "predict_val"), ("test split", "predict"))]
+    rows = [(name, num(s["classification"]), num(s["segmentation"]), num(s["score"]), s["images"])
+            for name, s in scored if s]
+    cells.append(md("## 5. Submission scores\n\nMean Dice over the submission's rows, scored locally the way the "
+                    "competition scores it.\n\n" + (markdown_table(
+                        ["split", "classification", "segmentation", "joint", "images"], rows) if rows else
+                                                   "_(no scored split in this run)_"),
+                    [("Test predictions", "predict/gallery.png"),
+                     ("Validation predictions", "predict_val/gallery.png")]))
+    facts = [f"classifier val Dice {num(cls['val_dice_tuned'])} (constant baseline {num(cls['baseline_dice'])})",
+             f"segmenter val Dice {num(seg['val_dice'])}, mean IoU {num(seg['val_miou'])}"]
+    gen, pgd = att["held_out"].get("generator"), att["held_out"].get("pgd10")
+    if gen and pgd:
+        facts.append(f"attack: generator {num(gen['success_rate'], '.0%')} at {num(gen['ms_per_image'], '.0f')} ms "
+                     f"per image, PGD-10 {num(pgd['success_rate'], '.0%')} at {num(pgd['ms_per_image'], '.0f')} ms")
+    cells.append(md("## 6. Discussion\n\nFrom this run: " + "; ".join(facts) + ".\n\n_Discussion here: what "
+                    "worked, what did not, and what you would try next._"))
+
+    cells.append(md("## 7. Write submission.csv\n\nThe cells below load the saved classifier and segmenter "
+                    "(no training) and write `submission.csv` for the test split. On Kaggle: add a dataset "
+                    "holding this run folder and one holding the project's scripts, and set the paths; "
+                    "`DATA = None` reads the competition data under `/kaggle/input`."))
+    code_dir = os.path.dirname(os.path.abspath(globals().get("__file__", "")))  # pasted in a notebook: no file
+    cells.append(code_cell(f"RUN = {os.path.abspath(out)!r}  # the run folder (its cls/ and seg/ subfolders)\n"
+                           f"CODE = {code_dir!r}  # the folder with common.py, predict.py, ...\n"
+                           f"DATA = {cls_cfg['data']!r}  # None: the competition data under /kaggle/input\n"
+                           "OUT = 'prediction'  # predict.py's run folder (submission.csv, gallery.png, ...)"))
+    cells.append(code_cell("import os, shutil, sys\n"
+                           "sys.path.insert(0, CODE)\n"
+                           "import common, predict\n\n"
+                           "cls, seg = os.path.join(RUN, 'cls'), os.path.join(RUN, 'seg')\n"
+                           "_, written = predict.run(DATA, cls, seg, OUT, overwrite=True)\n"
+                           "shutil.copy(written, 'submission.csv')"))
+    cells.append(code_cell("test = common.load_split(DATA, 'test')\n"
+                           "common.validate_submission('submission.csv', test.ids)\n"
+                           "print(f'submission.csv: {len(test)} test images, valid')"))
+    return cells
+
+
+def write_report(out):
+    """Write report.ipynb into the run folder `out` of run(): the assignment's report (data,
+    classification, segmentation and attack sections with the run's numbers and every figure
+    embedded, the reflection questions as headed cells to answer, a discussion) and, last, the
+    code cells that load the saved models and write submission.csv for the test split.
+
+    Returns the notebook's path. Raises common.UserError when `out` lacks a stage's metrics.json
+    or config.json (not a finished run of run()).
+    """
+    need = ["cls/metrics.json", "cls/config.json", "seg/metrics.json", "seg/config.json", "attack/metrics.json"]
+    missing = [rel for rel in need if not os.path.isfile(os.path.join(out, rel))]
+    if missing:
+        raise common.UserError(f"{out} is not a finished run of run_all.py: no {', '.join(missing)}")
+    cells = report_cells(out)
+    for i, cell in enumerate(cells):
+        cell["id"] = f"cell-{i:02d}"
+    notebook = {"nbformat": 4, "nbformat_minor": 5, "cells": cells, "metadata": {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+        "language_info": {"name": "python"}}}
+    path = os.path.join(out, "report.ipynb")
+    common.atomic_write(path, lambda f: json.dump(notebook, f, indent=1))
+    return path
 
 
 def main(argv=None):
@@ -139,9 +402,14 @@ def main(argv=None):
     p.add_argument("--transfer", action="store_true",
                    help="MobileNetV2 models at full size instead of quick scratch models")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--report-only", action="store_true",
+                   help="only write report.ipynb again from the finished run folder --out")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = p.parse_args(argv)
-    run(args.data, args.out, args.transfer, args.overwrite)
+    if args.report_only:
+        print(f"wrote {write_report(args.out)}")
+    else:
+        run(args.data, args.out, args.transfer, args.overwrite)
 
 
 if __name__ == "__main__":

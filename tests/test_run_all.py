@@ -1,5 +1,8 @@
-"""run_all.py: the whole job in one call on tiny demo data (tiny sizes, one epoch each)."""
+"""run_all.py: the whole job in one call on tiny demo data (tiny sizes, one epoch each), and the
+report notebook it writes."""
 
+import base64
+import io
 import os
 
 import pytest
@@ -35,3 +38,48 @@ def test_whole_job_writes_a_valid_scored_submission_and_summary(demo_dir, tmp_pa
     for figure in ("cls/curves.png", "seg/gallery.png", "attack/panel.png", "predict/gallery.png"):
         assert os.path.isfile(os.path.join(out, figure)) and f"({figure})" in text
     assert f"joint {summary['test']['score']:.3f}" in text
+    check_report(out, demo_dir, tmp_path)
+
+
+def check_report(out, demo_dir, tmp_path):
+    """report.ipynb is a valid notebook with every figure of the run embedded, the run's numbers in its
+    text, and code cells that, run in a real kernel elsewhere, write a valid submission.csv."""
+    nbformat = pytest.importorskip("nbformat")  # test-only dependencies (requirements.txt)
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(os.path.join(out, "report.ipynb"), as_version=4)
+    nbformat.validate(nb)
+    figures = sorted(os.path.relpath(os.path.join(d, f), out).replace(os.sep, "_").rsplit(".", 1)[0]
+                     for d, _, files in os.walk(out) for f in files if f.endswith(".png"))
+    embedded = sorted(name.rsplit(".", 1)[0] for c in nb.cells for name in c.get("attachments", {}))
+    assert embedded == figures and len(figures) == 9
+    for c in nb.cells:
+        for name, data in c.get("attachments", {}).items():
+            assert f"(attachment:{name})" in c.source
+            (mime, b64), = data.items()
+            picture = common.Image.open(io.BytesIO(base64.b64decode(b64)))
+            assert picture.format == mime.split("/")[1].upper() and min(picture.size) > 100
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    cls = common.read_json(os.path.join(out, "cls", "metrics.json"))
+    att = common.read_json(os.path.join(out, "attack", "metrics.json"))
+    assert f"| Dice at tuned thresholds (tuned on these images: optimistic) | {cls['val_dice_tuned']:.3f} |" in text
+    assert f"{att['held_out']['pgd10']['success_rate']:.1%}" in text
+    # the report can be rebuilt from the run folder alone, identically
+    before = open(os.path.join(out, "report.ipynb")).read()
+    assert run_all.main(["--report-only", "--out", out]) is None
+    assert open(os.path.join(out, "report.ipynb")).read() == before
+    work = tmp_path / "kaggle_working"  # holds none of the project's files
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = nbformat.v4.new_notebook(cells=[c for c in nb.cells if c.cell_type == "code"])
+    nbclient.NotebookClient(code, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(work)}}).execute(env=env)
+    test = common.load_split(demo_dir, "test")
+    common.validate_submission(str(work / "submission.csv"), test.ids)
+    scores = common.score_submission(str(work / "submission.csv"), os.path.join(demo_dir, "solution.csv"))
+    assert scores == common.score_submission(os.path.join(out, "predict", "submission.csv"),
+                                             os.path.join(demo_dir, "solution.csv"))
+
+
+def test_report_only_names_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(common.UserError, match="not a finished run of run_all.py: no cls/metrics.json"):
+        run_all.main(["--report-only", "--out", str(tmp_path)])
