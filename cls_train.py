@@ -1,8 +1,8 @@
 """Train a multi-label VOC classifier: a VGG-like CNN from scratch, or an ImageNet backbone
 (MobileNetV2 by default) with a new head, frozen first and then fine-tuned.
 
-    python cls_train.py --data demo --model scratch --out runs/cls_scratch
-    KERAS_HOME=../shared/keras_home python cls_train.py --data DIR --model mobilenetv2 --out runs/cls_mnv2
+    python cls_train.py --data demo --arch scratch --out runs/cls_scratch
+    KERAS_HOME=../shared/keras_home python cls_train.py --data DIR --arch mobilenetv2 --out runs/cls_mnv2
 
 The run folder gets model.keras (best val Dice), thresholds.json (per class, tuned on the
 validation split for the competition Dice), metrics.json, log.csv, curves.png, gallery.png and
@@ -18,9 +18,9 @@ import keras
 import numpy as np
 from common import CLASSES, NUM_CLASSES
 
-CLS_DEFAULTS = {  # per model: image size, epochs (total), warm-up epochs (frozen backbone), batch, learning rate
-    "scratch": dict(img_size=128, epochs=60, warmup_epochs=0, batch_size=32, lr=2e-3),
-    "mobilenetv2": dict(img_size=224, epochs=15, warmup_epochs=5, batch_size=16, lr=1e-3),
+CLS_DEFAULTS = {  # per architecture: image size, epochs (total), epochs with the backbone frozen, batch, learning rate
+    "scratch": dict(img_size=128, epochs=60, frozen_epochs=0, batch_size=32, lr=2e-3),
+    "mobilenetv2": dict(img_size=224, epochs=15, frozen_epochs=5, batch_size=16, lr=1e-3),
 }
 
 
@@ -45,10 +45,10 @@ def build_scratch(img_size=128, width=32, dropout=0.4):
 def build_transfer(img_size=224, backbone="mobilenetv2", weights="imagenet", dropout=0.3):
     """ImageNet backbone (BatchNorm always in inference mode) + pooling, dropout and a 20-way
     sigmoid head."""
-    base, preprocess = common.make_backbone(backbone, img_size, weights)
+    backbone_model, preprocess = common.make_backbone(backbone, img_size, weights)
     inputs = keras.Input((img_size, img_size, 3), name="image")
     x = preprocess(inputs) if preprocess is not None else inputs
-    x = base(x, training=False)
+    x = backbone_model(x, training=False)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(NUM_CLASSES, activation="sigmoid", dtype="float32", name="labels")(x)
@@ -186,28 +186,31 @@ def cls_gallery(path, split, examples, probs, pred, n=6):
 # ----------------------------------------------------------------------------------------------
 # Training
 
-def train(data="demo", model="scratch", out="runs/cls", img_size=None, epochs=None, warmup_epochs=None,
-          batch_size=None, lr=None, weights="imagenet", backbone="mobilenetv2", loss="bce",
-          balance=True, val_fraction=0.2, patience=10, time_limit=None, width=32, seed=0,
+def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=None, frozen_epochs=None,
+          batch_size=None, lr=None, finetune_lr_factor=0.1, weights="imagenet", backbone="mobilenetv2", loss="bce",
+          pos_weight=True, val_fraction=0.2, patience=10, time_limit=None, width=32, seed=0,
           resume=False, overwrite=False, strategy="auto", mixed_precision="auto", jit="auto", verbose=None):
     """Train a 20-class multi-label classifier and write its run folder `out`.
 
     data: dataset folder (competition or VOC devkit layout), 'demo' (the built-in synthetic set,
         generated and cached on first use) or None (the competition data under /kaggle/input).
-    model: 'scratch' (VGG-like CNN, random init) or 'mobilenetv2' (transfer: an ImageNet
-        `backbone` with a new head, frozen for `warmup_epochs`, then fine-tuned from its top stage).
+    arch: the architecture, 'scratch' (VGG-like CNN, random init) or 'mobilenetv2' (transfer: an
+        ImageNet `backbone` with a new head, frozen for `frozen_epochs`, then fine-tuned from its
+        top stage).
     img_size: square input side in pixels; images are resized to it, aspect ratio not kept
         (default: scratch 128, mobilenetv2 224).
-    epochs: total epochs, warm-up included (default: scratch 60, mobilenetv2 15).
-    warmup_epochs: transfer only: epochs with the backbone frozen (default 5); the rest run with
-        the top stage unfrozen at lr / 10.
+    epochs: total epochs, frozen ones included (default: scratch 60, mobilenetv2 15).
+    frozen_epochs: transfer only: epochs with the backbone frozen (default 5); the rest run with
+        the top stage unfrozen at lr * finetune_lr_factor.
     batch_size: images per replica per step (default: scratch 32, mobilenetv2 16).
     lr: AdamW learning rate at the start of each stage, cosine-decayed over the stage (default:
         scratch 2e-3, mobilenetv2 1e-3). batch_size and lr are multiplied by the replica count.
+    finetune_lr_factor: transfer only: the fine-tuning stage starts at lr * finetune_lr_factor
+        (default 0.1).
     weights: transfer only: 'imagenet', 'none' (random init) or the path of a no-top .h5 file.
     backbone: transfer only: a name in common.BACKBONES (default 'mobilenetv2').
     loss: 'bce', 'focal' or 'asl' (MultiLabelLoss; default 'bce').
-    balance: weight each class's positives by sqrt(negatives / positives), capped at 5 (default True).
+    pos_weight: weight each class's positives by sqrt(negatives / positives), capped at 5 (default True).
     val_fraction: share of the labelled images held out for validation, every class with at
         least 2 images on both sides (default 0.2).
     patience: early stopping on validation Dice, in epochs, per stage (default 10).
@@ -224,17 +227,17 @@ def train(data="demo", model="scratch", out="runs/cls", img_size=None, epochs=No
     reloaded from out/model.keras (not compiled); history maps each Keras log key ('loss',
     'dice', 'val_loss', 'val_dice', ...) to its per-epoch values for the epochs this call ran.
     Also writes thresholds.json, metrics.json, log.csv, curves.png, gallery.png, config.json.
-    Raises common.UserError for an unknown model, loss, backbone or device option, weights that
+    Raises common.UserError for an unknown arch, loss, backbone or device option, weights that
     cannot be loaded, data that is missing, unreadable or has fewer than 2 labelled images, an
     existing `out` without resume or overwrite, resume without an interrupted run, or training
     that ends with no epoch of finite loss; a run that fails before its first epoch leaves no folder.
     """
-    d = CLS_DEFAULTS["scratch" if model == "scratch" else "mobilenetv2"]
+    d = CLS_DEFAULTS["scratch" if arch == "scratch" else "mobilenetv2"]
     img_size, epochs = img_size or d["img_size"], epochs or d["epochs"]
     batch_size, lr = batch_size or d["batch_size"], lr or d["lr"]
-    warmup_epochs = d["warmup_epochs"] if warmup_epochs is None else warmup_epochs
-    if model not in CLS_DEFAULTS:
-        raise common.UserError(f"unknown --model {model!r}; choose scratch or mobilenetv2")
+    frozen_epochs = d["frozen_epochs"] if frozen_epochs is None else frozen_epochs
+    if arch not in CLS_DEFAULTS:
+        raise common.UserError(f"unknown --arch {arch!r}; choose scratch or mobilenetv2")
     if loss not in ("bce", "focal", "asl"):
         raise common.UserError(f"unknown --loss {loss!r}; choose bce, focal or asl")
     verbose = common.keras_verbosity(verbose)
@@ -245,7 +248,7 @@ def train(data="demo", model="scratch", out="runs/cls", img_size=None, epochs=No
         keras.utils.set_random_seed(seed)
 
         split, train_split, val_split = common.split_for_training(data, val_fraction, seed)
-        config = dict(task="classification", model=model, backbone=None if model == "scratch" else backbone,
+        config = dict(task="classification", arch=arch, backbone=None if arch == "scratch" else backbone,
                       img_size=img_size, fit="resize", data=split.root, seed=seed, val_fraction=val_fraction,
                       loss=loss, devices=devices, classes=list(CLASSES), val_ids=list(val_split.ids))
         common.write_json(os.path.join(out, "config.json"), config)
@@ -259,26 +262,26 @@ def train(data="demo", model="scratch", out="runs/cls", img_size=None, epochs=No
         with strategy.scope():
             if resume:
                 net = common.resume_model(out, state)
-            elif model == "scratch":
+            elif arch == "scratch":
                 net = build_scratch(img_size, width)
             else:
                 net = build_transfer(img_size, backbone, weights)
-        base = common.backbone_of(net)
-        pos_weight = positive_weights(train_split.labels) if balance else None
+        backbone_model = common.backbone_of(net)
+        pos_weights = positive_weights(train_split.labels) if pos_weight else None
 
         def prepare(stage):
             def compile_for(stage_lr):
-                if base is not None:
-                    common.set_backbone_trainable(base, None if stage == 1 else common.BACKBONES[backbone][1])
+                if backbone_model is not None:
+                    common.set_backbone_trainable(backbone_model, None if stage == 1 else common.BACKBONES[backbone][1])
                     print(f"backbone {'frozen' if stage == 1 else 'unfrozen from its top stage'}", flush=True)
                 with strategy.scope():
                     net.compile(optimizer=keras.optimizers.AdamW(stage_lr, weight_decay=1e-4),
-                                loss=MultiLabelLoss(loss, pos_weight),
+                                loss=MultiLabelLoss(loss, pos_weights),
                                 metrics=[common.LabelDice(top1=True, name="dice")], jit_compile=jit_compile)
             return compile_for
 
-        stages = [(epochs, lr, prepare(1))] if model == "scratch" else \
-            [(warmup_epochs, lr, prepare(1)), (epochs, lr / 10, prepare(2))]
+        stages = [(epochs, lr, prepare(1))] if arch == "scratch" else \
+            [(frozen_epochs, lr, prepare(1)), (epochs, lr * finetune_lr_factor, prepare(2))]
         history, state = common.fit_stages(net, stages, train_ds, val_ds, out, state, "val_dice", patience,
                                            time_limit, verbose)
 
@@ -289,7 +292,7 @@ def train(data="demo", model="scratch", out="runs/cls", img_size=None, epochs=No
         common.write_json(os.path.join(out, "metrics.json"), metrics)
         common.plot_curves(os.path.join(out, "log.csv"), os.path.join(out, "curves.png"),
                            [("loss", ["loss", "val_loss"]), ("Dice (0.5 or top class)", ["dice", "val_dice"])],
-                           title=f"{config['model']} classifier, {split.root}")
+                           title=f"{arch} classifier, {split.root}")
         common.finish_run(out, state)
         print(f"val mAP {metrics['val_map']:.3f}  val Dice@0.5 {metrics['val_dice_at_0.5']:.3f}  "
               f"val Dice (tuned thresholds) {metrics['val_dice_tuned']:.3f}  "
@@ -319,20 +322,22 @@ def evaluate_classifier(model, val_split, val_examples, train_split, config, out
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="dataset folder (competition or VOC layout) or 'demo' (default: /kaggle/input)")
-    p.add_argument("--model", default="scratch", choices=list(CLS_DEFAULTS), help="default %(default)s")
+    p.add_argument("--arch", default="scratch", choices=list(CLS_DEFAULTS), help="default %(default)s")
     p.add_argument("--out", default="runs/cls", help="run folder (default %(default)s)")
     p.add_argument("--img-size", type=int, help="input size (default: scratch 128, mobilenetv2 224)")
     p.add_argument("--epochs", type=int, help="total epochs (default: scratch 60, mobilenetv2 15)")
-    p.add_argument("--warmup-epochs", type=int, help="transfer: epochs with the backbone frozen (default 5)")
+    p.add_argument("--frozen-epochs", type=int, help="transfer: epochs with the backbone frozen (default 5)")
     p.add_argument("--batch-size", type=int, help="default: scratch 32, mobilenetv2 16")
-    p.add_argument("--lr", type=float,
-                   help="learning rate (default: scratch 2e-3, mobilenetv2 1e-3, /10 when fine-tuning)")
+    p.add_argument("--lr", type=float, help="learning rate (default: scratch 2e-3, mobilenetv2 1e-3)")
+    p.add_argument("--finetune-lr-factor", type=float, default=0.1,
+                   help="transfer: learning-rate factor once the backbone's top stage is unfrozen "
+                        "(default %(default)s)")
     p.add_argument("--weights", default="imagenet", help="backbone weights: imagenet, none or a .h5 path")
     p.add_argument("--backbone", default="mobilenetv2", choices=list(common.BACKBONES),
                    help="transfer backbone (default %(default)s)")
     p.add_argument("--loss", default="bce", choices=["bce", "focal", "asl"], help="default %(default)s")
-    p.add_argument("--no-balance", dest="balance", action="store_false",
-                   help="do not up-weight the positives of rare classes")
+    p.add_argument("--no-pos-weight", dest="pos_weight", action="store_false",
+                   help="do not up-weight the positives of rare classes (positive-class weights)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="default %(default)s")
     p.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default %(default)s)")
     p.add_argument("--time-limit", type=float, help="stop training after this many minutes")

@@ -501,9 +501,9 @@ def _place(image, mask, size, offset, new_hw):
     return image, mask
 
 
-def fit_to_size(image, mask, size, fit="pad"):
-    """Deterministic resize for evaluation: 'pad' keeps the aspect ratio (longer side = size,
-    centred, padded with void); 'resize' stretches to size x size."""
+def fit_to_size(image, mask, size, fit="letterbox"):
+    """Deterministic resize for evaluation: 'letterbox' keeps the aspect ratio (longer side = size,
+    centred, padded with PAD_VALUE and void); 'resize' stretches to size x size."""
     hw = tf.cast(tf.shape(image)[:2], tf.float32)
     if fit == "resize":
         new_hw = tf.constant([size, size])
@@ -513,7 +513,7 @@ def fit_to_size(image, mask, size, fit="pad"):
     return _place(image, mask, size, offset, new_hw)
 
 
-def augment(image, mask, size, seed, scale=(0.75, 1.25), fit="pad", flip=True):
+def augment(image, mask, size, seed, scale=(0.75, 1.25), fit="letterbox", flip=True):
     """Training geometry, the same for image and mask: random rescale around the fitted size,
     random crop/pad to size x size, horizontal flip. (Colour jitter runs per batch: colour_jitter.)"""
     seeds = tf.random.experimental.stateless_split(seed, 3)
@@ -569,7 +569,7 @@ def repeat_factors(labels, threshold=0.1):
 
 
 def make_dataset(split, examples, size, batch_size, training=False, seed=0, target="labels",
-                 scale=(0.75, 1.25), fit="pad", flip=True, jitter=True, repeat=False, repeats=None):
+                 scale=(0.75, 1.25), fit="letterbox", flip=True, jitter=True, repeat=False, repeats=None):
     """tf.data pipeline over decoded uint8 examples (from load_examples, same order as split),
     or, with examples=None (data too large to cache), decoding from disk every epoch.
     repeats: per-example counts an epoch (repeat_factors); default once each.
@@ -1308,7 +1308,7 @@ def make_backbone(name, size, weights="imagenet"):
     (None: any size, with the 224-pixel weights).
 
     weights: 'imagenet' (Keras' download, or the file already in $KERAS_HOME/models), 'none'
-    (random init), or the path of a no-top weights file. Returns (base model, preprocessing
+    (random init), or the path of a no-top weights file. Returns (backbone model, preprocessing
     layer or None). BACKBONES[name][1] names the first layer of its top stage.
     """
     if name not in BACKBONES:
@@ -1319,7 +1319,7 @@ def make_backbone(name, size, weights="imagenet"):
     try:
         with warnings.catch_warnings():  # size None loads the 224-pixel weights, as intended: no warning
             warnings.filterwarnings("ignore", message=".*input_shape. is undefined")
-            base = getattr(keras.applications, constructor)(
+            backbone_model = getattr(keras.applications, constructor)(
                 input_shape=(size, size, 3), include_top=False,
                 weights=None if weights in ("none", None) else weights)
     except (OSError, ValueError, Exception) as e:  # a failed download surfaces as a plain Exception
@@ -1329,7 +1329,7 @@ def make_backbone(name, size, weights="imagenet"):
                         "offline, set KERAS_HOME to a folder holding models/<Keras file name> "
                         "or pass --weights PATH") from None
     preprocess = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess") if scaling == "tf" else None
-    return base, preprocess
+    return backbone_model, preprocess
 
 
 def backbone_of(net):
@@ -1337,13 +1337,13 @@ def backbone_of(net):
     return next((layer for layer in net.layers if isinstance(layer, keras.Model)), None)
 
 
-def set_backbone_trainable(base, from_layer=None):
+def set_backbone_trainable(backbone_model, from_layer=None):
     """Freeze the backbone, or unfreeze it from `from_layer` upwards. BatchNorm layers stay frozen
     (and the backbone is always called with training=False), so their statistics never move."""
-    names = [layer.name for layer in base.layers]
+    names = [layer.name for layer in backbone_model.layers]
     start = len(names) if from_layer is None else names.index(from_layer)
-    base.trainable = True
-    for k, layer in enumerate(base.layers):
+    backbone_model.trainable = True
+    for k, layer in enumerate(backbone_model.layers):
         layer.trainable = k >= start and not isinstance(layer, keras.layers.BatchNormalization)
 
 
@@ -1496,10 +1496,24 @@ def load_run(run_dir, task):
     model_path = os.path.join(run_dir, "model.keras")
     if not os.path.isfile(config_path) or not os.path.isfile(model_path):
         raise UserError(f"{run_dir} is not a finished run folder (needs config.json and model.keras)")
-    config = read_json(config_path)
+    config = read_config(config_path)
     if config.get("task") != task:
         raise UserError(f"{run_dir} holds a {config.get('task')} model, not a {task} model")
     return keras.models.load_model(model_path, compile=False, safe_mode=True), config
+
+
+OLD_CONFIG_KEYS = {"model": "arch", "warmup_epochs": "frozen_epochs", "balance": "repeat_factor",
+                   "finetune_factor": "finetune_lr_factor"}  # config.json names before issue 17
+
+
+def read_config(path):
+    """A run's config.json, with the names of runs written before the renames of issue 17
+    (model -> arch, warmup_epochs -> frozen_epochs, balance -> repeat_factor, fit 'pad' ->
+    'letterbox') read as today's."""
+    config = {OLD_CONFIG_KEYS.get(k, k): v for k, v in read_json(path).items()}
+    if config.get("fit") == "pad":
+        config["fit"] = "letterbox"
+    return config
 
 
 def read_json(path):

@@ -26,13 +26,13 @@ import predict
 import seg_train
 
 QUICK = {  # scratch models sized to finish the demo in minutes on a laptop CPU
-    "cls": dict(model="scratch", img_size=64, epochs=20, width=16, batch_size=16, lr=3e-3),
-    "seg": dict(model="unet", img_size=96, epochs=15, width=16, batch_size=8),
+    "cls": dict(arch="scratch", img_size=64, epochs=20, width=16, batch_size=16, lr=3e-3),
+    "seg": dict(arch="unet", img_size=96, epochs=15, width=16, batch_size=8),
     "attack": dict(goal="cls_targeted", eps=8.0, epochs=6, lr=3e-3),
 }
 TRANSFER = {
-    "cls": dict(model="mobilenetv2"),
-    "seg": dict(model="mobilenetv2_unet"),
+    "cls": dict(arch="mobilenetv2"),
+    "seg": dict(arch="mobilenetv2_unet"),
     "attack": dict(goal="cls_targeted", eps=8.0, epochs=10, lr=1e-3),
 }
 

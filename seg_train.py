@@ -1,8 +1,8 @@
 """Train a VOC segmenter (background + 20 classes, 255 = void): a U-Net from scratch, or a U-Net
 whose encoder is an ImageNet MobileNetV2 (frozen first, then fine-tuned).
 
-    python seg_train.py --data demo --model unet --out runs/seg_unet
-    KERAS_HOME=../shared/keras_home python seg_train.py --data DIR --model mobilenetv2_unet --out runs/seg_mnv2
+    python seg_train.py --data demo --arch unet --out runs/seg_unet
+    KERAS_HOME=../shared/keras_home python seg_train.py --data DIR --arch mobilenetv2_unet --out runs/seg_mnv2
 
 Training uses random rescales and crops at --img-size; evaluation and prediction run on the whole
 image (scaled so its longer side is --img-size, padded to the network stride, cropped back) and
@@ -21,9 +21,9 @@ import numpy as np
 import tensorflow as tf
 from common import CLASSES, NUM_CLASSES, VOID
 
-SEG_DEFAULTS = {  # per model: image size, epochs (total), warm-up epochs (frozen encoder), batch, learning rate
-    "unet": dict(img_size=160, epochs=60, warmup_epochs=0, batch_size=8, lr=5e-3),
-    "mobilenetv2_unet": dict(img_size=256, epochs=30, warmup_epochs=8, batch_size=8, lr=2e-3),
+SEG_DEFAULTS = {  # per architecture: image size, epochs (total), epochs with the backbone frozen, batch, learning rate
+    "unet": dict(img_size=160, epochs=60, frozen_epochs=0, batch_size=8, lr=5e-3),
+    "mobilenetv2_unet": dict(img_size=256, epochs=30, frozen_epochs=8, batch_size=8, lr=2e-3),
 }
 STRIDE = 32  # both networks downsample 32x: inputs are padded to a multiple of this
 
@@ -69,9 +69,10 @@ def build_transfer_unet(img_size=None, backbone="mobilenetv2", weights="imagenet
     4, 2) and a light decoder: the stride-32 features reduced by a 1x1 conv, then per skip a
     bilinear x2, the skip reduced by a 1x1 conv, and a separable 3x3 conv; logits at stride 2,
     upsampled x2 to full size. 21 logits per pixel."""
-    base, preprocess = common.make_backbone(backbone, img_size, weights)
+    backbone_model, preprocess = common.make_backbone(backbone, img_size, weights)
     skip_names = common.BACKBONES[backbone][3]
-    encoder = keras.Model(base.input, [base.get_layer(n).output for n in skip_names] + [base.output],
+    encoder = keras.Model(backbone_model.input,
+                          [backbone_model.get_layer(n).output for n in skip_names] + [backbone_model.output],
                           name=f"{backbone}_encoder")
     inputs = keras.Input((img_size, img_size, 3), name="image")
     x = preprocess(inputs) if preprocess is not None else inputs
@@ -240,31 +241,34 @@ def seg_gallery(path, split, examples, pred_masks, per_image_dice, n=4):
 # ----------------------------------------------------------------------------------------------
 # Training
 
-def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None, warmup_epochs=None,
-          batch_size=None, lr=None, finetune_factor=0.25, weights="imagenet", backbone="mobilenetv2", loss="ce+dice",
-          val_fraction=0.2, balance=False, patience=12, time_limit=None, width=16, seed=0, resume=False,
-          overwrite=False, strategy="auto", mixed_precision="auto", jit="auto", verbose=None):
+def train(data="demo", arch="unet", out="runs/seg", img_size=None, epochs=None, frozen_epochs=None,
+          batch_size=None, lr=None, finetune_lr_factor=0.25, weights="imagenet", backbone="mobilenetv2",
+          loss="ce+dice", val_fraction=0.2, repeat_factor=False, patience=12, time_limit=None, width=16, seed=0,
+          resume=False, overwrite=False, strategy="auto", mixed_precision="auto", jit="auto", verbose=None):
     """Train a 21-class segmenter (background + 20; void pixels ignored) and write its run folder `out`.
 
     data: dataset folder (competition or VOC devkit layout) with a mask for every training
         image, 'demo' (the built-in synthetic set) or None (the competition data under /kaggle/input).
-    model: 'unet' (U-Net from random init) or 'mobilenetv2_unet' (U-Net whose encoder is an
-        ImageNet `backbone`, frozen for `warmup_epochs`, then fine-tuned from its top stage).
+    arch: the architecture, 'unet' (U-Net from random init) or 'mobilenetv2_unet' (U-Net whose
+        encoder is an ImageNet `backbone`, frozen for `frozen_epochs`, then fine-tuned from its
+        top stage).
     img_size: side in pixels of the square training crops (random rescale 0.5-1.5 and crop), a
         multiple of 32 (default: unet 160, mobilenetv2_unet 256). Per-epoch validation letterboxes
         whole images to img_size; metrics.json scores whole images predicted with their longer
         side at img_size (segment) and resized back to their original size.
-    epochs: total epochs, warm-up included (default: unet 60, mobilenetv2_unet 30).
-    warmup_epochs: transfer only: epochs with the encoder frozen (default 8).
+    epochs: total epochs, frozen ones included (default: unet 60, mobilenetv2_unet 30).
+    frozen_epochs: transfer only: epochs with the backbone frozen (default 8).
     batch_size: images per replica per step (default 8).
     lr: AdamW learning rate at the start of each stage, cosine-decayed over the stage (default:
         unet 5e-3, mobilenetv2_unet 2e-3). batch_size and lr are multiplied by the replica count.
-    finetune_factor: transfer only: the fine-tuning stage starts at lr * finetune_factor (default 0.25).
+    finetune_lr_factor: transfer only: the fine-tuning stage starts at lr * finetune_lr_factor
+        (default 0.25).
     weights: transfer only: 'imagenet', 'none' (random init) or the path of a no-top .h5 file.
     backbone: transfer only: a name in common.BACKBONES (default 'mobilenetv2').
     loss: 'ce', 'dice' or 'ce+dice' (SegLoss; default 'ce+dice').
     val_fraction: share of the labelled images held out for validation (default 0.2).
-    balance: repeat-factor sampling: images of rare classes repeat within an epoch (default False).
+    repeat_factor: repeat-factor sampling: images of rare classes repeat within an epoch
+        (common.repeat_factors; default False).
     patience: early stopping on validation Dice, in epochs, per stage (default 12).
     time_limit: minutes; training stops before an epoch that would end later (default None: no limit).
     width: unet only: filters at full resolution (default 16; up to 8 x width deeper, 10 x at the bottleneck).
@@ -280,20 +284,20 @@ def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None,
     history maps each Keras log key ('loss', 'miou', 'dice', 'val_loss', 'val_miou', 'val_dice',
     ...) to its per-epoch values for the epochs this call ran. Also writes metrics.json (at
     original resolution), log.csv, curves.png, gallery.png, config.json.
-    Raises common.UserError for an unknown model, loss, backbone or device option, an img_size
+    Raises common.UserError for an unknown arch, loss, backbone or device option, an img_size
     that is not a multiple of 32, weights that cannot be loaded, data that is missing,
     unreadable, without masks or with fewer than 2 labelled images, an existing `out` without
     resume or overwrite, resume without an interrupted run, or training that ends with no epoch
     of finite loss; a run that fails before its first epoch leaves no folder.
     """
-    if model not in SEG_DEFAULTS:
-        raise common.UserError(f"unknown --model {model!r}; choose unet or mobilenetv2_unet")
+    if arch not in SEG_DEFAULTS:
+        raise common.UserError(f"unknown --arch {arch!r}; choose unet or mobilenetv2_unet")
     if loss not in ("ce", "dice", "ce+dice"):
         raise common.UserError(f"unknown --loss {loss!r}; choose ce, dice or ce+dice")
-    d = SEG_DEFAULTS[model]
+    d = SEG_DEFAULTS[arch]
     img_size, epochs = img_size or d["img_size"], epochs or d["epochs"]
     batch_size, lr = batch_size or d["batch_size"], lr or d["lr"]
-    warmup_epochs = d["warmup_epochs"] if warmup_epochs is None else warmup_epochs
+    frozen_epochs = d["frozen_epochs"] if frozen_epochs is None else frozen_epochs
     if img_size % STRIDE:
         raise common.UserError(f"--img-size must be a multiple of {STRIDE}, not {img_size}")
     verbose = common.keras_verbosity(verbose)
@@ -304,32 +308,33 @@ def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None,
         keras.utils.set_random_seed(seed)
 
         split, train_split, val_split = common.split_for_training(data, val_fraction, seed, masks=True)
-        config = dict(task="segmentation", model=model, backbone=None if model == "unet" else backbone,
-                      img_size=img_size, fit="pad", data=split.root, seed=seed, val_fraction=val_fraction,
-                      loss=loss, balance=balance, devices=devices, classes=list(CLASSES), val_ids=list(val_split.ids))
+        config = dict(task="segmentation", arch=arch, backbone=None if arch == "unet" else backbone,
+                      img_size=img_size, fit="letterbox", data=split.root, seed=seed, val_fraction=val_fraction,
+                      loss=loss, repeat_factor=repeat_factor, devices=devices, classes=list(CLASSES),
+                      val_ids=list(val_split.ids))
         common.write_json(os.path.join(out, "config.json"), config)
 
         train_examples = common.load_examples(train_split) if common.cache_fits(split) else None
         val_examples = common.load_examples(val_split)
         train_ds = common.make_dataset(train_split, train_examples, img_size, batch_size, training=True, seed=seed,
                                        target="mask", scale=(0.5, 1.5),
-                                       repeats=common.repeat_factors(train_split.labels) if balance else None)
+                                       repeats=common.repeat_factors(train_split.labels) if repeat_factor else None)
         val_ds = common.make_dataset(val_split, val_examples, img_size, batch_size, target="mask")
 
         with strategy.scope():
             if resume:
                 net = common.resume_model(out, state)
-            elif model == "unet":
+            elif arch == "unet":
                 net = build_unet(None, width)
             else:
                 net = build_transfer_unet(None, backbone, weights)
-        encoder = common.backbone_of(net)
+        backbone_model = common.backbone_of(net)
 
         def prepare(stage):
             def compile_for(stage_lr):
-                if encoder is not None:
-                    common.set_backbone_trainable(encoder, None if stage == 1 else common.BACKBONES[backbone][1])
-                    print(f"encoder {'frozen' if stage == 1 else 'unfrozen from its top stage'}", flush=True)
+                if backbone_model is not None:
+                    common.set_backbone_trainable(backbone_model, None if stage == 1 else common.BACKBONES[backbone][1])
+                    print(f"backbone {'frozen' if stage == 1 else 'unfrozen from its top stage'}", flush=True)
                 with strategy.scope():
                     net.compile(optimizer=keras.optimizers.AdamW(stage_lr, weight_decay=1e-4), loss=SegLoss(loss),
                                 metrics=[keras.metrics.MeanIoU(NUM_CLASSES + 1, ignore_class=VOID,
@@ -337,8 +342,8 @@ def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None,
                                          common.MaskDice(name="dice")], jit_compile=jit_compile)
             return compile_for
 
-        stages = [(epochs, lr, prepare(1))] if model == "unet" else \
-            [(warmup_epochs, lr, prepare(1)), (epochs, lr * finetune_factor, prepare(2))]
+        stages = [(epochs, lr, prepare(1))] if arch == "unet" else \
+            [(frozen_epochs, lr, prepare(1)), (epochs, lr * finetune_lr_factor, prepare(2))]
         history, state = common.fit_stages(net, stages, train_ds, val_ds, out, state, "val_dice", patience,
                                            time_limit, verbose)
 
@@ -356,7 +361,7 @@ def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None,
         common.plot_curves(os.path.join(out, "log.csv"), os.path.join(out, "curves.png"),
                            [("loss", ["loss", "val_loss"]), ("mIoU", ["miou", "val_miou"]),
                             ("Dice", ["dice", "val_dice"])],
-                           title=f"{model} segmenter on {split.root} (training crops at {img_size} px)")
+                           title=f"{arch} segmenter on {split.root} (training crops at {img_size} px)")
         common.finish_run(out, state)
         print(f"val mIoU {m['miou']:.3f}  val Dice {m['dice']:.3f} (all-background {all_background:.3f}), "
               f"original resolution; run folder {out}", flush=True)
@@ -366,23 +371,23 @@ def train(data="demo", model="unet", out="runs/seg", img_size=None, epochs=None,
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="dataset folder (competition or VOC layout) or 'demo' (default: /kaggle/input)")
-    p.add_argument("--model", default="unet", choices=list(SEG_DEFAULTS), help="default %(default)s")
+    p.add_argument("--arch", default="unet", choices=list(SEG_DEFAULTS), help="default %(default)s")
     p.add_argument("--out", default="runs/seg", help="run folder (default %(default)s)")
     p.add_argument("--img-size", type=int, help="training crop size, a multiple of 32 "
                                                 "(default: unet 160, mobilenetv2_unet 256)")
     p.add_argument("--epochs", type=int, help="total epochs (default: unet 60, mobilenetv2_unet 30)")
-    p.add_argument("--warmup-epochs", type=int, help="transfer: epochs with the encoder frozen (default 8)")
+    p.add_argument("--frozen-epochs", type=int, help="transfer: epochs with the backbone frozen (default 8)")
     p.add_argument("--batch-size", type=int, help="default 8")
     p.add_argument("--lr", type=float, help="learning rate (default: unet 5e-3, mobilenetv2_unet 2e-3)")
-    p.add_argument("--finetune-factor", type=float, default=0.25,
-                   help="transfer: learning-rate factor once the encoder's top stage is unfrozen "
+    p.add_argument("--finetune-lr-factor", type=float, default=0.25,
+                   help="transfer: learning-rate factor once the backbone's top stage is unfrozen "
                         "(default %(default)s)")
-    p.add_argument("--weights", default="imagenet", help="encoder weights: imagenet, none or a .h5 path")
+    p.add_argument("--weights", default="imagenet", help="backbone weights: imagenet, none or a .h5 path")
     p.add_argument("--backbone", default="mobilenetv2", choices=list(common.BACKBONES),
                    help="encoder of the transfer U-Net (default %(default)s)")
     p.add_argument("--loss", default="ce+dice", choices=["ce", "dice", "ce+dice"], help="default %(default)s")
     p.add_argument("--val-fraction", type=float, default=0.2, help="default %(default)s")
-    p.add_argument("--balance", action="store_true",
+    p.add_argument("--repeat-factor-sampling", dest="repeat_factor", action="store_true",
                    help="repeat images of rare classes within an epoch (repeat-factor sampling)")
     p.add_argument("--patience", type=int, default=12, help="early-stopping patience in epochs (default %(default)s)")
     p.add_argument("--time-limit", type=float, help="stop training after this many minutes")

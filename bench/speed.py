@@ -72,15 +72,16 @@ def build(task, model, img_size, stage=2, jit="auto"):
     else:
         net = seg_train.build_unet(None) if model == "unet" else seg_train.build_transfer_unet(None)
         loss = seg_train.SegLoss("ce+dice")
-    base = common.backbone_of(net)
-    if base is not None:
-        common.set_backbone_trainable(base, None if stage == 1 else common.BACKBONES["mobilenetv2"][1])
+    backbone_model = common.backbone_of(net)
+    if backbone_model is not None:
+        common.set_backbone_trainable(backbone_model, None if stage == 1 else common.BACKBONES["mobilenetv2"][1])
     net.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=loss, jit_compile=common.jit_flag(jit))
     return net
 
 
 def pipeline(split, examples, task, img_size, batch_size, cached=True):
-    kw = dict(target="mask", fit="pad", scale=(0.5, 1.5)) if task == "seg" else dict(fit="resize", scale=(0.8, 1.25))
+    kw = dict(target="mask", fit="letterbox", scale=(0.5, 1.5)) if task == "seg" else \
+        dict(fit="resize", scale=(0.8, 1.25))
     return common.make_dataset(split, examples if cached else None, img_size, batch_size, training=True,
                                repeat=True, **kw)
 
@@ -181,8 +182,8 @@ def part_rle(repeats=20):
 
 
 def part_memory():
-    code = ("import seg_train; seg_train.train(data=%r, model='mobilenetv2_unet', img_size=320, epochs=1, "
-            "warmup_epochs=1, out='runs/bench_speed_memory', overwrite=True, verbose=2)" % PROXY)
+    code = ("import seg_train; seg_train.train(data=%r, arch='mobilenetv2_unet', img_size=320, epochs=1, "
+            "frozen_epochs=1, out='runs/bench_speed_memory', overwrite=True, verbose=2)" % PROXY)
     t = time.time()
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2

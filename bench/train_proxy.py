@@ -21,12 +21,12 @@ import seg_train  # noqa: E402
 
 # name: (script, arguments, training-time limit in minutes)
 RUNS = {
-    "cls_mobilenetv2": (cls_train, dict(model="mobilenetv2", img_size=224, epochs=20, warmup_epochs=5, batch_size=16),
+    "cls_mobilenetv2": (cls_train, dict(arch="mobilenetv2", img_size=224, epochs=20, frozen_epochs=5, batch_size=16),
                         30),
-    "cls_scratch": (cls_train, dict(model="scratch", img_size=128, epochs=25, batch_size=32), 30),
-    "seg_mobilenetv2_unet": (seg_train, dict(model="mobilenetv2_unet", img_size=256, epochs=30, warmup_epochs=6,
-                                             balance=True), 58),
-    "seg_unet": (seg_train, dict(model="unet", img_size=128, epochs=50), 58),
+    "cls_scratch": (cls_train, dict(arch="scratch", img_size=128, epochs=25, batch_size=32), 30),
+    "seg_mobilenetv2_unet": (seg_train, dict(arch="mobilenetv2_unet", img_size=256, epochs=30, frozen_epochs=6,
+                                             repeat_factor=True), 58),
+    "seg_unet": (seg_train, dict(arch="unet", img_size=128, epochs=50), 58),
 }
 
 

@@ -38,9 +38,9 @@ def tiny_runs(demo_dir, tmp_path_factory):
     import cls_train
     import seg_train
     root = tmp_path_factory.mktemp("runs")
-    cls_train.train(data=demo_dir, model="scratch", out=str(root / "cls"), img_size=32, epochs=1, width=8,
+    cls_train.train(data=demo_dir, arch="scratch", out=str(root / "cls"), img_size=32, epochs=1, width=8,
                     batch_size=8, verbose=0)
-    seg_train.train(data=demo_dir, model="unet", out=str(root / "seg"), img_size=64, epochs=1, width=8,
+    seg_train.train(data=demo_dir, arch="unet", out=str(root / "seg"), img_size=64, epochs=1, width=8,
                     batch_size=4, verbose=0)
     return str(root / "cls"), str(root / "seg")
 
@@ -50,7 +50,7 @@ def learned_cls(learn_dir, tmp_path_factory):
     """A scratch classifier trained long enough on learn_dir to be better than a constant."""
     import cls_train
     out = str(tmp_path_factory.mktemp("runs") / "cls")
-    cls_train.train(data=learn_dir, model="scratch", out=out, img_size=64, epochs=12, width=16,
+    cls_train.train(data=learn_dir, arch="scratch", out=out, img_size=64, epochs=12, width=16,
                     batch_size=16, lr=3e-3, verbose=0)
     return out
 
@@ -60,7 +60,7 @@ def learned_seg(learn_dir, tmp_path_factory):
     """A U-Net trained long enough on learn_dir to be better than all-background."""
     import seg_train
     out = str(tmp_path_factory.mktemp("runs") / "seg")
-    seg_train.train(data=learn_dir, model="unet", out=out, img_size=64, epochs=10, width=16, batch_size=8,
+    seg_train.train(data=learn_dir, arch="unet", out=out, img_size=64, epochs=10, width=16, batch_size=8,
                     verbose=0)
     return out
 

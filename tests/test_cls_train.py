@@ -35,7 +35,7 @@ def check_run_folder(out):
 
 def test_scratch_run_writes_everything_and_reloads(demo_dir, tmp_path):
     out = str(tmp_path / "run")
-    model, history = cls_train.train(data=demo_dir, model="scratch", out=out, img_size=32, epochs=2,
+    model, history = cls_train.train(data=demo_dir, arch="scratch", out=out, img_size=32, epochs=2,
                                      width=8, batch_size=8, verbose=0)
     check_run_folder(out)
     assert len(history["loss"]) == 2 and len(common.read_log(os.path.join(out, "log.csv"))["loss"]) == 2
@@ -50,20 +50,20 @@ def test_scratch_run_writes_everything_and_reloads(demo_dir, tmp_path):
     np.testing.assert_array_equal(cls_train.decide(p1, thresholds), cls_train.decide(p2, thresholds))
 
 
-@pytest.mark.parametrize("weights, warmup", [("imagenet", 1), ("imagenet", 0), ("none", 1)])
-def test_transfer_run_freezes_backbone_statistics(demo_dir, tmp_path, monkeypatch, weights, warmup):
+@pytest.mark.parametrize("weights, frozen", [("imagenet", 1), ("imagenet", 0), ("none", 1)])
+def test_transfer_run_freezes_backbone_statistics(demo_dir, tmp_path, monkeypatch, weights, frozen):
     if weights == "imagenet" and not HAVE_IMAGENET:
         pytest.skip("no offline ImageNet weights in ../shared/keras_home")
     out = str(tmp_path / "run")
     initial = record_initial_backbone(monkeypatch, cls_train, "build_transfer")  # the weights train() starts from
-    model, history = cls_train.train(data=demo_dir, model="mobilenetv2", out=out, img_size=96, epochs=2,
-                                     warmup_epochs=warmup, batch_size=8, weights=weights, verbose=0)
+    model, history = cls_train.train(data=demo_dir, arch="mobilenetv2", out=out, img_size=96, epochs=2,
+                                     frozen_epochs=frozen, batch_size=8, weights=weights, verbose=0)
     check_run_folder(out)
     assert len(history["loss"]) == 2
     changed = changed_backbone_layers(initial, model)
     assert_batchnorm_unchanged(changed)  # BN never moves
     assert not changed["Conv1"] and not changed["block_12_project"]  # below the fine-tuned stage
-    if warmup == 0:  # every epoch fine-tuned, so the best model has a changed top stage
+    if frozen == 0:  # every epoch fine-tuned, so the best model has a changed top stage
         assert changed["block_14_project"] and changed["Conv_1"]
 
 
@@ -109,7 +109,7 @@ def test_bad_arguments_give_one_line_errors(demo_dir, tmp_path, capsys):
     open(os.path.join(out, "something"), "w").close()
     cases = [
         (["--data", demo_dir, "--out", out], "already exists"),
-        (["--data", demo_dir, "--out", str(tmp_path / "r2"), "--model", "mobilenetv2", "--weights", "/nope.h5"],
+        (["--data", demo_dir, "--out", str(tmp_path / "r2"), "--arch", "mobilenetv2", "--weights", "/nope.h5"],
          "no such file"),
         (["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r3")], "does not exist"),
         (["--data", demo_dir, "--out", str(tmp_path / "r4"), "--resume"], "no interrupted run"),
@@ -125,7 +125,7 @@ def test_bad_arguments_give_one_line_errors(demo_dir, tmp_path, capsys):
 def test_resume_after_sigkill(demo_dir, tmp_path):
     """Kill a real run mid-training, resume it: at most one epoch is lost and it finishes."""
     out = str(tmp_path / "run")
-    cmd = [sys.executable, os.path.join(ROOT, "cls_train.py"), "--data", demo_dir, "--model", "scratch",
+    cmd = [sys.executable, os.path.join(ROOT, "cls_train.py"), "--data", demo_dir, "--arch", "scratch",
            "--out", out, "--img-size", "32", "--width", "8", "--batch-size", "4", "--epochs", "8"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = os.path.join(out, "state.json")

@@ -84,16 +84,16 @@ def notebook(cells_after):
 CALLS = {
     "common": 'data = make_demo("demo", n_train=24, n_test=8, scale=0.25)\n'
               'dataset_summary(data, "data_check")',
-    "cls_train": 'train(data=data, model="scratch", out="cls", img_size=32, epochs=1, width=8, batch_size=8,'
+    "cls_train": 'train(data=data, arch="scratch", out="cls", img_size=32, epochs=1, width=8, batch_size=8,'
                  ' verbose=0)',
-    "seg_train": 'train(data=data, model="unet", out="seg", img_size=64, epochs=1, width=8, batch_size=4,'
+    "seg_train": 'train(data=data, arch="unet", out="seg", img_size=64, epochs=1, width=8, batch_size=4,'
                  ' verbose=0)',
     "predict": 'scores, path = run(data=data, cls="cls", seg="seg", out="predict", score=True)\n'
                'print(scores)',
     "attack": 'run(target="cls", goal="cls_targeted", target_class="aeroplane", eps=8.0, epochs=1, width=8,'
               ' batch_size=8, max_train=16, max_eval=8, pgd_steps=2, out="attack", verbose=0)',
-    "run_all": 'plan = {"cls": dict(model="scratch", img_size=32, epochs=1, width=8, batch_size=8),\n'
-               '        "seg": dict(model="unet", img_size=32, epochs=1, width=8, batch_size=8),\n'
+    "run_all": 'plan = {"cls": dict(arch="scratch", img_size=32, epochs=1, width=8, batch_size=8),\n'
+               '        "seg": dict(arch="unet", img_size=32, epochs=1, width=8, batch_size=8),\n'
                '        "attack": dict(goal="cls_targeted", eps=8.0, epochs=1, width=8, batch_size=8,'
                ' max_train=16, max_eval=8, pgd_steps=2)}\n'
                'summary = run(data, "all", plan=plan, verbose=0)\n'

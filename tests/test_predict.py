@@ -2,10 +2,12 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
+import attack
 import common
 import predict
 import seg_train
@@ -55,6 +57,34 @@ def test_score_of_perfect_predictions_is_one(demo_dir, tiny_runs, tmp_path, monk
     order = iter([("val", i) for i in val_ids])
     scores, _ = predict.run(demo_dir, tiny_runs[0], tiny_runs[1], str(tmp_path / "v"), split="val", score=True)
     assert scores["score"] == 1.0 and scores["images"] == len(val_ids)
+
+
+
+def test_run_folders_written_before_the_renames_still_load(demo_dir, tiny_runs, tmp_path):
+    # config.json as written before issue 17: model (now arch), balance (now repeat_factor),
+    # warmup_epochs (now frozen_epochs), fit "pad" (now "letterbox")
+    old_names = {"arch": "model", "repeat_factor": "balance", "frozen_epochs": "warmup_epochs"}
+    old_runs = []
+    for run in tiny_runs:
+        copy = str(tmp_path / os.path.basename(run))
+        shutil.copytree(run, copy)
+        with open(os.path.join(copy, "config.json")) as f:
+            config = {old_names.get(k, k): v for k, v in json.load(f).items()}
+        config["fit"] = "pad" if config["fit"] == "letterbox" else config["fit"]
+        config["warmup_epochs"] = 0
+        with open(os.path.join(copy, "config.json"), "w") as f:
+            json.dump(config, f)
+        old_runs.append(copy)
+    _, cls_config = common.load_run(old_runs[0], "classification")
+    _, seg_config = common.load_run(old_runs[1], "segmentation")
+    assert (cls_config["arch"], cls_config["fit"], cls_config["frozen_epochs"]) == ("scratch", "resize", 0)
+    assert (seg_config["arch"], seg_config["fit"], seg_config["repeat_factor"]) == ("unet", "letterbox", False)
+    assert "model" not in seg_config and "balance" not in seg_config and "warmup_epochs" not in seg_config
+    images, _ = attack.attack_images(seg_config, demo_dir, True, limit=2)  # reads the fit
+    assert len(images) == 2
+    new, _ = predict.run(demo_dir, *tiny_runs, str(tmp_path / "new"), split="val", score=True)
+    old, _ = predict.run(demo_dir, *old_runs, str(tmp_path / "old"), split="val", score=True)
+    assert old == new
 
 
 def test_fusion_rules():

@@ -11,8 +11,8 @@ import common
 import run_all
 
 TINY = {
-    "cls": dict(model="scratch", img_size=32, epochs=1, width=8, batch_size=8),
-    "seg": dict(model="unet", img_size=32, epochs=1, width=8, batch_size=8),
+    "cls": dict(arch="scratch", img_size=32, epochs=1, width=8, batch_size=8),
+    "seg": dict(arch="unet", img_size=32, epochs=1, width=8, batch_size=8),
     "attack": dict(goal="cls_targeted", eps=8.0, epochs=1, width=8, batch_size=8),
 }
 

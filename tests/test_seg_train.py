@@ -37,7 +37,7 @@ def check_run_folder(out, data):
 
 def test_unet_run_and_original_size_predictions(demo_dir, tmp_path):
     out = str(tmp_path / "run")
-    model, history = seg_train.train(data=demo_dir, model="unet", out=out, img_size=64, epochs=2, width=8,
+    model, history = seg_train.train(data=demo_dir, arch="unet", out=out, img_size=64, epochs=2, width=8,
                                      batch_size=4, verbose=0)
     check_run_folder(out, demo_dir)
     loaded, config = common.load_run(out, "segmentation")
@@ -60,8 +60,8 @@ def test_transfer_unet_keeps_encoder_statistics(demo_dir, tmp_path, monkeypatch)
     out = str(tmp_path / "run")
     initial = record_initial_backbone(monkeypatch, seg_train, "build_transfer_unet")  # what train() starts from
     # no warm-up: the best checkpoint is certainly from the fine-tuning stage
-    model, _ = seg_train.train(data=demo_dir, model="mobilenetv2_unet", out=out, img_size=64, epochs=2,
-                               warmup_epochs=0, batch_size=4, weights=weights, verbose=0)
+    model, _ = seg_train.train(data=demo_dir, arch="mobilenetv2_unet", out=out, img_size=64, epochs=2,
+                               frozen_epochs=0, batch_size=4, weights=weights, verbose=0)
     check_run_folder(out, demo_dir)
     changed = changed_backbone_layers(initial, model)
     assert_batchnorm_unchanged(changed)
