@@ -89,11 +89,61 @@ class MultiLabelLoss(keras.losses.Loss):
         return {**super().get_config(), "kind": self.kind, "pos_weight": self.pos_weight}
 
 
+
+@keras.saving.register_keras_serializable("voc")
+class LabelDice(keras.metrics.Mean):
+    """Training metric: the mean per-image competition Dice of multi-label predictions (B, 20)
+    thresholded at `threshold`, against labels (B, 20) in {0, 1}; an image with no true and no
+    predicted label scores 1. With top1=True every image also gets its most probable class, as
+    the submission rule (decide) does."""
+
+    def __init__(self, threshold=0.5, top1=False, name="dice", dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        self.threshold, self.top1 = threshold, top1
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        ops = keras.ops
+        chosen = y_pred >= self.threshold
+        if self.top1:
+            chosen = chosen | (y_pred >= ops.max(y_pred, axis=-1, keepdims=True))
+        p = ops.cast(chosen, "float32")
+        t = ops.cast(y_true > 0.5, "float32")
+        inter, total = ops.sum(p * t, -1), ops.sum(p, -1) + ops.sum(t, -1)
+        super().update_state(ops.where(total > 0, 2.0 * inter / ops.maximum(total, 1.0), 1.0))  # (B,)
+
+    def get_config(self):
+        return {**super().get_config(), "threshold": self.threshold, "top1": self.top1}
+
 def positive_weights(labels, cap=5.0):
     """sqrt(negatives / positives) per class, capped: rare classes weigh more, without the
     instability of the full ratio on ~750 images."""
     pos = np.maximum((labels > 0).sum(0), 1)
     return np.clip(np.sqrt((len(labels) - pos) / pos), 1.0, cap)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation: average precision (the field's ranking metric; the competition scores Dice)
+
+def average_precision(y_true, scores):
+    """Average precision of one class (area under the step precision-recall curve, as
+    scikit-learn computes it); NaN when the class has no positive example."""
+    y_true = np.asarray(y_true) > 0
+    if not y_true.any():
+        return float("nan")
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    s, t = np.asarray(scores)[order], y_true[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each distinct score
+    tp = np.cumsum(t)[last]
+    precision = tp / (last + 1)
+    recall = tp / t.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def mean_average_precision(y_true, scores):
+    """(mAP over classes with positives, per-class AP list)."""
+    per_class = [average_precision(y_true[:, c], scores[:, c]) for c in range(y_true.shape[1])]
+    return float(np.nanmean(per_class)), per_class
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,44 +297,59 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
     with common.run_folder(out, resume, overwrite) as state:
         keras.utils.set_random_seed(seed)
 
+        # Data: images (B, img_size, img_size, 3) float32 in [0, 255], labels (B, 20) float32
         split, train_split, val_split = common.split_for_training(data, val_fraction, seed)
         config = dict(task="classification", arch=arch, backbone=None if arch == "scratch" else backbone,
                       img_size=img_size, fit="resize", data=split.root, seed=seed, val_fraction=val_fraction,
                       loss=loss, devices=devices, classes=list(CLASSES), val_ids=list(val_split.ids))
         common.write_json(os.path.join(out, "config.json"), config)
-
         train_examples = common.load_examples(train_split, masks=False) if common.cache_fits(split) else None
         val_examples = common.load_examples(val_split, masks=False)
         train_ds = common.make_dataset(train_split, train_examples, img_size, batch_size, training=True, seed=seed,
                                        fit="resize", scale=(0.8, 1.25))
         val_ds = common.make_dataset(val_split, val_examples, img_size, batch_size, fit="resize")
 
+        # Model: built new, or the interrupted run's last epoch (optimizer included) with --resume
         with strategy.scope():
             if resume:
-                net = common.resume_model(out, state)
+                model = common.resume_model(out, state)
             elif arch == "scratch":
-                net = build_scratch(img_size, width)
+                model = build_scratch(img_size, width)
             else:
-                net = build_transfer(img_size, backbone, weights)
-        backbone_model = common.backbone_of(net)
+                model = build_transfer(img_size, backbone, weights)
+        backbone_model = common.backbone_of(model)  # None for the scratch CNN
+        # Loss: positives of rare classes weigh more (pos_weights: (20,) or None)
         pos_weights = positive_weights(train_split.labels) if pos_weight else None
 
-        def prepare(stage):
-            def compile_for(stage_lr):
-                if backbone_model is not None:
-                    common.set_backbone_trainable(backbone_model, None if stage == 1 else common.BACKBONES[backbone][1])
-                    print(f"backbone {'frozen' if stage == 1 else 'unfrozen from its top stage'}", flush=True)
+        # Training: compile and fit per stage, (first epoch, end epoch, learning rate, first
+        # backbone layer to train): the head on the frozen backbone, then its top stage fine-tuned
+        top_stage = None if arch == "scratch" else common.BACKBONES[backbone][1]
+        stages = [(0, epochs, lr, None)] if arch == "scratch" else \
+            [(0, frozen_epochs, lr, None), (frozen_epochs, epochs, lr * finetune_lr_factor, top_stage)]
+        checkpoint = common.RunCheckpoint(out, "val_dice", state)  # model.keras (best), last.keras, state.json
+        timer = common.TimeLimit(time_limit)
+        history = {}
+        for stage, (start, end, stage_lr, train_from) in enumerate(stages, 1):
+            first = max(start, checkpoint.state.get("epoch", 0))  # a resumed run skips its finished epochs
+            if first >= end:
+                continue
+            print(f"stage {stage}/{len(stages)}: epochs {first + 1}-{end}, lr {stage_lr:g}", flush=True)
+            if stage != checkpoint.state.get("stage"):  # else: resuming this stage, its optimizer restored
+                common.set_backbone_trainable(backbone_model, train_from)
                 with strategy.scope():
-                    net.compile(optimizer=keras.optimizers.AdamW(stage_lr, weight_decay=1e-4),
-                                loss=MultiLabelLoss(loss, pos_weights),
-                                metrics=[common.LabelDice(top1=True, name="dice")], jit_compile=jit_compile)
-            return compile_for
+                    model.compile(optimizer=keras.optimizers.AdamW(stage_lr, weight_decay=1e-4),
+                                  loss=MultiLabelLoss(loss, pos_weights),
+                                  metrics=[LabelDice(top1=True, name="dice")], jit_compile=jit_compile)
+            checkpoint.state["stage"] = stage
+            fit = model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=end, verbose=verbose,
+                            callbacks=common.stage_callbacks(out, checkpoint, timer, stage_lr, start, end, patience))
+            for key, values in fit.history.items():
+                history.setdefault(key, []).extend(values)
+            if checkpoint.nan_epoch or timer.hit:
+                break
+        state = common.end_training(out, checkpoint, timer)
 
-        stages = [(epochs, lr, prepare(1))] if arch == "scratch" else \
-            [(frozen_epochs, lr, prepare(1)), (epochs, lr * finetune_lr_factor, prepare(2))]
-        history, state = common.fit_stages(net, stages, train_ds, val_ds, out, state, "val_dice", patience,
-                                           time_limit, verbose)
-
+        # Evaluation: the best epoch's model on the validation split; thresholds tuned there
         best = keras.models.load_model(os.path.join(out, "model.keras"), compile=False, safe_mode=True)
         metrics = evaluate_classifier(best, val_split, val_examples, train_split, config, out)
         metrics.update(epochs_trained=state["epoch"], best_epoch=state["best_epoch"],
@@ -304,7 +369,7 @@ def evaluate_classifier(model, val_split, val_examples, train_split, config, out
     """Validation metrics, tuned thresholds (thresholds.json) and the gallery PNG."""
     probs = predict_probs(model, val_split, val_examples, config)
     truth = val_split.labels > 0
-    val_map, per_class_ap = common.mean_average_precision(truth, probs)
+    val_map, per_class_ap = mean_average_precision(truth, probs)
     thresholds, tuned = tune_thresholds(probs, truth)
     common.write_json(os.path.join(out, "thresholds.json"),
                       {"thresholds": thresholds.tolist(), "classes": list(CLASSES),

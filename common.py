@@ -1,5 +1,22 @@
-"""Shared base for the VOC 2009 toolkit: data sources, tf.data input pipeline, the competition's
-submission contract (RLE, Dice, submission.csv, local scorer), metrics, demo data and pictures.
+"""Shared base for the VOC 2009 toolkit. Each script imports it (`import common`); what only one
+script uses lives in that script (a metric beside its loss, a sampler beside its training loop).
+
+Sections, in order (who uses them):
+- Data sources: the competition and VOC devkit layouts, image and mask readers, the train/val
+  split (every script).
+- Input pipeline: cached examples, letterbox or resize, augmentation, make_dataset (cls_train,
+  seg_train, attack).
+- Competition contract: RLE, the competition Dice, submission.csv, validator, scorer, JSON files
+  (predict, run_all; the Dice also cls_train and seg_train).
+- Pictures: VOC palette, tiles, grids, legends, learning-curve charts (every script).
+- Model building blocks: conv_bn_relu, ImageNet backbones and their freezing (cls_train,
+  seg_train; attack reads the backbone).
+- Devices: tf.distribute strategy, mixed precision, XLA (cls_train, seg_train).
+- Run folders: run_folder, load_run and read_config (every script).
+- Training: RunCheckpoint, TimeLimit, the cosine schedule, stage_callbacks, end_training, resume
+  (cls_train, seg_train, whose train() holds the compile and fit loop).
+- Demo data: a synthetic, deterministic data set in the competition layout (--data demo, tests).
+- Command line: `check` and `score`, run_cli, the notebook-paste helpers (every script).
 
 Command line:
     python common.py check --data demo --out runs/data_check   # dataset summary + sample PNG
@@ -35,7 +52,6 @@ CLASSES = (
 )
 NUM_CLASSES = len(CLASSES)  # 20 object classes; masks use 0 = background, 1..20, 255 = void
 VOID = 255
-DEMO_VERSION = 1  # bump when the demo generator changes, so stale caches are not reused
 
 
 class UserError(Exception):
@@ -557,22 +573,11 @@ def colour_jitter(images, seed):
     return tf.where(pad, images, tf.clip_by_value(x, 0.0, 255.0))
 
 
-def repeat_factors(labels, threshold=0.1):
-    """Repeat-factor sampling (LVIS, Gupta et al. 2019): an image is shown
-    round(max(1, max over its classes c of sqrt(threshold / f_c))) times an epoch, f_c the
-    fraction of images containing c, so classes in fewer than `threshold` of the images are seen
-    more often without dropping any image. labels: (N, 20) with 1 = present."""
-    present = np.asarray(labels) > 0
-    freq = np.maximum(present.mean(0), 1e-12)
-    per_class = np.maximum(1.0, np.sqrt(threshold / freq))
-    return np.round(np.max(np.where(present, per_class, 1.0), axis=1)).astype(np.int64)
-
-
 def make_dataset(split, examples, size, batch_size, training=False, seed=0, target="labels",
                  scale=(0.75, 1.25), fit="letterbox", flip=True, jitter=True, repeat=False, repeats=None):
     """tf.data pipeline over decoded uint8 examples (from load_examples, same order as split),
     or, with examples=None (data too large to cache), decoding from disk every epoch.
-    repeats: per-example counts an epoch (repeat_factors); default once each.
+    repeats: per-example counts an epoch (seg_train.repeat_factors); default once each.
 
     Yields (images float32 [0,255] of shape (B,size,size,3), target) with target:
     'labels' -> (B,20) float32, 'mask' -> (B,size,size) int32 with 255 = void,
@@ -701,6 +706,21 @@ def rle_dice(a, b):
         j = slice(lo[i], hi[i])
         inter += int(np.maximum(0, np.minimum(ea[i], eb[j]) - np.maximum(sa[i], sb[j])).sum())
     return 2.0 * inter / total
+
+
+def classification_dice(pred, true):
+    """Mean per-image competition Dice of binary label vectors (N, 20)."""
+    return float(np.mean([dice(p, t) for p, t in zip(pred, true)]))
+
+
+def segmentation_dice(pred_mask, true_mask):
+    """Competition Dice of one image's label maps, on the 20xHxW class stack (void pixels are in
+    no class of the truth, so predicting a class there counts against the prediction)."""
+    pred_mask, true_mask = np.asarray(pred_mask), np.asarray(true_mask)
+    p = (pred_mask >= 1) & (pred_mask <= NUM_CLASSES)
+    t = (true_mask >= 1) & (true_mask <= NUM_CLASSES)
+    total = int(p.sum()) + int(t.sum())
+    return 1.0 if total == 0 else 2.0 * int((p & t & (pred_mask == true_mask)).sum()) / total
 
 
 def seg_stack(mask):
@@ -859,120 +879,529 @@ def write_json(path, obj):
 
 
 # ----------------------------------------------------------------------------------------------
-# Metrics (NumPy)
+# Pictures
 
-def average_precision(y_true, scores):
-    """Average precision of one class (area under the step precision-recall curve, as
-    scikit-learn computes it); NaN when the class has no positive example."""
-    y_true = np.asarray(y_true) > 0
-    if not y_true.any():
-        return float("nan")
-    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
-    s, t = np.asarray(scores)[order], y_true[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each distinct score
-    tp = np.cumsum(t)[last]
-    precision = tp / (last + 1)
-    recall = tp / t.sum()
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def mean_average_precision(y_true, scores):
-    """(mAP over classes with positives, per-class AP list)."""
-    per_class = [average_precision(y_true[:, c], scores[:, c]) for c in range(y_true.shape[1])]
-    return float(np.nanmean(per_class)), per_class
+def voc_palette():
+    """The standard VOC colour map: (256, 3) uint8, index 255 (void) is cream."""
+    pal = np.zeros((256, 3), np.uint8)
+    for i in range(256):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal[i] = (r, g, b)
+    pal[VOID] = (224, 224, 192)
+    return pal
 
 
-def classification_dice(pred, true):
-    """Mean per-image competition Dice of binary label vectors (N, 20)."""
-    return float(np.mean([dice(p, t) for p, t in zip(pred, true)]))
+def colorize(mask):
+    return voc_palette()[np.asarray(mask)]
 
 
-def segmentation_dice(pred_mask, true_mask):
-    """Competition Dice of one image's label maps, on the 20xHxW class stack (void pixels are in
-    no class of the truth, so predicting a class there counts against the prediction)."""
-    pred_mask, true_mask = np.asarray(pred_mask), np.asarray(true_mask)
-    p = (pred_mask >= 1) & (pred_mask <= NUM_CLASSES)
-    t = (true_mask >= 1) & (true_mask <= NUM_CLASSES)
-    total = int(p.sum()) + int(t.sum())
-    return 1.0 if total == 0 else 2.0 * int((p & t & (pred_mask == true_mask)).sum()) / total
+def font(size=12):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType sizes
+        return ImageFont.load_default()
 
 
-def confusion_matrix(pred, true, num_classes=NUM_CLASSES + 1):
-    """(num_classes x num_classes) counts, rows = truth; void (255) pixels ignored."""
-    pred, true = np.asarray(pred).ravel().astype(np.int64), np.asarray(true).ravel().astype(np.int64)
-    keep = true != VOID
-    return np.bincount(true[keep] * num_classes + pred[keep],
-                       minlength=num_classes ** 2).reshape(num_classes, num_classes)
+def tile(image, height, caption="", width=None):
+    """An image scaled to a given height (or fitted into a width x height box) with a caption
+    (one or more lines) below it."""
+    im = Image.fromarray(np.asarray(image, np.uint8))
+    scale = height / im.height if width is None else min(height / im.height, width / im.width)
+    size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+    im = im.resize(size, Image.NEAREST if np.asarray(image).ndim == 2 else Image.BILINEAR)
+    w = size[0] if width is None else width
+    out = Image.new("RGB", (w, height + 14 * (caption.count("\n") + 1) + 4), "white")
+    out.paste(im.convert("RGB"), ((w - size[0]) // 2, (height - size[1]) // 2))
+    ImageDraw.Draw(out).multiline_text((2, height + 2), caption, fill="black", font=font(11), spacing=1)
+    return out
 
 
-def iou_from_confusion(cm):
-    """(mIoU over classes present in truth or prediction, per-class IoU with NaN for absent)."""
-    inter = np.diag(cm).astype(np.float64)
-    union = cm.sum(0) + cm.sum(1) - inter
-    iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
-    return float(np.nanmean(iou)), iou.tolist()
+def grid(tiles, columns, pad=6, title=""):
+    """Lay tiles out in rows, left to right; returns a PIL image."""
+    rows = [tiles[k:k + columns] for k in range(0, len(tiles), columns)]
+    widths = [sum(t.width for t in r) + pad * (len(r) + 1) for r in rows]
+    heights = [max(t.height for t in r) + pad for r in rows]
+    top = 24 if title else 0
+    out = Image.new("RGB", (max(widths), sum(heights) + pad + top), "white")
+    if title:
+        ImageDraw.Draw(out).text((pad, 4), title, fill="black", font=font(14))
+    y = top + pad
+    for r, h in zip(rows, heights):
+        x = pad
+        for t in r:
+            out.paste(t, (x, y))
+            x += t.width + pad
+        y += h
+    return out
 
 
-@keras.saving.register_keras_serializable("voc")
-class LabelDice(keras.metrics.Metric):
-    """Training metric: mean per-image competition Dice of multi-label predictions thresholded at
-    `threshold` (an image with no true and no predicted label scores 1). With top1=True every
-    image also gets its most probable class, as the submission rule does."""
-
-    def __init__(self, threshold=0.5, top1=False, name="dice", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.threshold, self.top1 = threshold, top1
-        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
-        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        chosen = y_pred >= self.threshold
-        if self.top1:
-            chosen = chosen | (y_pred >= keras.ops.max(y_pred, axis=-1, keepdims=True))
-        p = keras.ops.cast(chosen, "float32")
-        t = keras.ops.cast(y_true > 0.5, "float32")
-        self._add(keras.ops.sum(p * t, -1), keras.ops.sum(p, -1) + keras.ops.sum(t, -1))
-
-    def _add(self, inter, total):
-        d = keras.ops.where(total > 0, 2.0 * inter / keras.ops.maximum(total, 1.0), 1.0)
-        self.total.assign_add(keras.ops.sum(d))
-        self.count.assign_add(keras.ops.cast(keras.ops.shape(d)[0], "float32"))
-
-    def result(self):
-        return self.total / keras.ops.maximum(self.count, 1.0)
-
-    def reset_state(self):
-        self.total.assign(0.0)
-        self.count.assign(0.0)
-
-    def get_config(self):
-        return {**super().get_config(), "threshold": self.threshold, "top1": self.top1}
+def save_png(path, image):
+    atomic_write(path, lambda f: image.save(f, format="PNG"), mode="wb")
 
 
-@keras.saving.register_keras_serializable("voc")
-class MaskDice(LabelDice):
-    """Training metric: mean per-image segmentation Dice (the 20-class stack) of argmax
-    predictions (B,H,W,21) against label maps (B,H,W) with 255 = void. Unlike the competition's
-    score, predictions on void pixels do not count: on training canvases void is mostly the
-    padding around the image, which prediction crops away (seg_metrics gives the exact score)."""
+def wrap_names(names, width=40):
+    lines, line = [], ""
+    for n in names:
+        if line and len(line) + len(n) + 2 > width:
+            lines.append(line + ",")
+            line = n
+        else:
+            line = f"{line}, {n}" if line else n
+    return "\n".join(lines + [line])
 
-    def __init__(self, name="dice", **kwargs):
-        kwargs.pop("threshold", None)
-        kwargs.pop("top1", None)
-        super().__init__(name=name, **kwargs)
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        t = keras.ops.cast(y_true, "int32")
-        p = keras.ops.cast(keras.ops.argmax(y_pred, axis=-1), "int32")
-        t_obj = keras.ops.cast((t >= 1) & (t <= NUM_CLASSES), "float32")
-        p_obj = keras.ops.cast((p >= 1) & (t != VOID), "float32")
-        hit = t_obj * p_obj * keras.ops.cast(p == t, "float32")
-        axes = (1, 2)
-        self._add(keras.ops.sum(hit, axes), keras.ops.sum(p_obj, axes) + keras.ops.sum(t_obj, axes))
+def with_legend(pic, classes):
+    """A picture with a palette legend of the given classes (0-based indices) below it."""
+    key = legend(classes)
+    out = Image.new("RGB", (max(pic.width, key.width + 6), pic.height + key.height + 6), "white")
+    out.paste(pic, (0, 0))
+    out.paste(key, (6, pic.height))
+    return out
+
+
+def legend(classes, height=16):
+    """A strip of palette swatches with class names, for mask pictures."""
+    pal = voc_palette()
+    items = [(0, "background")] + [(c + 1, CLASSES[c]) for c in classes] + [(VOID, "void")]
+    out = Image.new("RGB", (130 * min(len(items), 6), (height + 4) * ((len(items) + 5) // 6)), "white")
+    d = ImageDraw.Draw(out)
+    for k, (idx, name) in enumerate(items):
+        x, y = 130 * (k % 6), (height + 4) * (k // 6)
+        d.rectangle([x + 2, y + 2, x + height, y + height], fill=tuple(int(v) for v in pal[idx]), outline="black")
+        d.text((x + height + 6, y + 3), name, fill="black", font=font(11))
+    return out
+
+
+def read_log(path):
+    """Rows of a CSVLogger file as a dict of float columns."""
+    if not os.path.isfile(path):
+        return {}
+    with open_csv(path) as f:
+        rows = list(csv.DictReader(f))
+    return {k: np.array([float(r[k]) if r.get(k) not in (None, "") else np.nan for r in rows])
+            for k in (rows[0].keys() if rows else [])}
+
+
+COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+
+
+def line_chart(series, title, width=420, height=260):
+    """A small line chart (PIL): series = {name: y values per epoch}."""
+    im = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(im)
+    left, right, top, bottom = 48, width - 10, 24, height - 44
+    d.text((left, 4), title, fill="black", font=font(13))
+    values = np.concatenate([np.asarray(v, float) for v in series.values()] or [np.zeros(1)])
+    values = values[np.isfinite(values)]
+    lo, hi = (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    n = max((len(v) for v in series.values()), default=1)
+    sx = lambda k: left + (right - left) * (k / max(n - 1, 1))  # noqa: E731
+    sy = lambda y: bottom - (bottom - top) * (y - lo) / (hi - lo)  # noqa: E731
+    d.rectangle([left, top, right, bottom], outline="black")
+    for t in np.linspace(lo, hi, 5):
+        d.line([left - 3, sy(t), left, sy(t)], fill="black")
+        d.text((2, sy(t) - 6), f"{t:.3g}", fill="black", font=font(10))
+    for k in sorted({0, n - 1} | set(range(0, n, max(1, n // 6)))):
+        d.line([sx(k), bottom, sx(k), bottom + 3], fill="black")
+        d.text((sx(k) - 4, bottom + 5), str(k + 1), fill="black", font=font(10))
+    d.text(((left + right) // 2 - 14, bottom + 17), "epoch", fill="black", font=font(10))
+    for c, (name, ys) in enumerate(series.items()):
+        colour = COLOURS[c % len(COLOURS)]
+        pts = [(sx(k), sy(y)) for k, y in enumerate(ys) if np.isfinite(y)]
+        if len(pts) > 1:
+            d.line(pts, fill=colour, width=2)
+        for p in pts:
+            d.ellipse([p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2], fill=colour)
+        x = left + 4 + 110 * c
+        d.line([x, height - 8, x + 16, height - 8], fill=colour, width=3)
+        d.text((x + 20, height - 14), name, fill="black", font=font(10))
+    return im
+
+
+def plot_curves(log_path, out_path, panels, title=""):
+    """Learning-curve PNG from a CSV log: panels = [(panel title, [column, ...]), ...]."""
+    log = read_log(log_path)
+    charts = [line_chart({c: log[c] for c in cols if c in log}, name) for name, cols in panels]
+    save_png(out_path, grid(charts, len(charts), title=title))
+
+
+# ----------------------------------------------------------------------------------------------
+# Model building blocks and pretrained backbones (ImageNet weights only; never weights trained on VOC)
+
+def conv_bn_relu(x, filters, name, kernel=3, separable=False):
+    """Conv (or depthwise-separable conv) without bias, BatchNorm, ReLU: layers `{name}_conv`,
+    `{name}_bn`, `{name}_relu` (saved models and attack.py's feature taps rely on these names)."""
+    conv = keras.layers.SeparableConv2D if separable else keras.layers.Conv2D
+    x = conv(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    # momentum .9: small data, adapt fast; synchronized: batch statistics over all replicas
+    x = keras.layers.BatchNormalization(momentum=0.9, synchronized=True, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+# name: (constructor, first layer of the top stage to fine-tune, input scaling, skip layers at
+# strides 2, 4, 8, 16 for U-Nets)
+BACKBONES = {
+    "mobilenetv2": ("MobileNetV2", "block_13_expand", "tf",
+                    ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu")),
+    "efficientnetv2b0": ("EfficientNetV2B0", "block6a_expand_conv", "raw",
+                         ("block1a_project_activation", "block2b_add", "block3b_add", "block5e_add")),
+    "resnet50v2": ("ResNet50V2", "conv5_block1_preact_bn", "tf",
+                   ("conv1_conv", "conv2_block3_1_relu", "conv3_block4_1_relu", "conv4_block6_1_relu")),
+}
+
+
+def make_backbone(name, size, weights="imagenet"):
+    """An ImageNet backbone without its top, taking float images in [0, 255] of size x size
+    (None: any size, with the 224-pixel weights).
+
+    weights: 'imagenet' (Keras' download, or the file already in $KERAS_HOME/models), 'none'
+    (random init), or the path of a no-top weights file. Returns (backbone model, preprocessing
+    layer or None). BACKBONES[name][1] names the first layer of its top stage.
+    """
+    if name not in BACKBONES:
+        raise UserError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+    constructor, _, scaling, _ = BACKBONES[name]
+    if weights not in ("imagenet", "none", None) and not os.path.isfile(weights):
+        raise UserError(f"--weights {weights!r}: no such file (use imagenet, none or a .h5 path)")
+    try:
+        with warnings.catch_warnings():  # size None loads the 224-pixel weights, as intended: no warning
+            warnings.filterwarnings("ignore", message=".*input_shape. is undefined")
+            backbone_model = getattr(keras.applications, constructor)(
+                input_shape=(size, size, 3), include_top=False,
+                weights=None if weights in ("none", None) else weights)
+    except (OSError, ValueError, Exception) as e:  # a failed download surfaces as a plain Exception
+        if isinstance(e, UserError):
+            raise
+        raise UserError(f"cannot load {weights} weights for {name}: {str(e).splitlines()[0][:200]}; "
+                        "offline, set KERAS_HOME to a folder holding models/<Keras file name> "
+                        "or pass --weights PATH") from None
+    preprocess = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess") if scaling == "tf" else None
+    return backbone_model, preprocess
+
+
+def backbone_of(net):
+    """The pretrained backbone nested in a model (its keras.Model layer), or None for a scratch model."""
+    return next((layer for layer in net.layers if isinstance(layer, keras.Model)), None)
+
+
+def set_backbone_trainable(backbone_model, from_layer=None):
+    """Freeze the backbone, or unfreeze it from `from_layer` upwards. BatchNorm layers stay frozen
+    (and the backbone is always called with training=False), so their statistics never move.
+    A scratch model (backbone_model None) has nothing to freeze."""
+    if backbone_model is None:
+        return
+    print(f"backbone {'frozen' if from_layer is None else f'trainable from layer {from_layer} up'}", flush=True)
+    names = [layer.name for layer in backbone_model.layers]
+    start = len(names) if from_layer is None else names.index(from_layer)
+    backbone_model.trainable = True
+    for k, layer in enumerate(backbone_model.layers):
+        layer.trainable = k >= start and not isinstance(layer, keras.layers.BatchNormalization)
+
+
+# ----------------------------------------------------------------------------------------------
+# Devices: tf.distribute strategies, mixed precision, XLA
+
+STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
+
+
+def make_strategy(name="auto"):
+    """The tf.distribute strategy for --strategy.
+
+    auto: a TPU if one is attached, else all local GPUs when there are several, else one device.
+    mirrored: MirroredStrategy over all local GPUs (with none: over every logical CPU device, so
+    it can be tested on a CPU split into logical devices). multiworker: MultiWorkerMirroredStrategy,
+    the cluster described by $TF_CONFIG. tpu: TPUStrategy (Kaggle/Colab TPUs)."""
+    if name not in STRATEGIES:
+        raise UserError(f"unknown --strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        has_tpu = tf.config.list_physical_devices("TPU") or "TPU_NAME" in os.environ or "COLAB_TPU_ADDR" in os.environ
+        name = "tpu" if has_tpu else "mirrored" if len(gpus) > 1 else "default"
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        if gpus:
+            return tf.distribute.MirroredStrategy([d.name for d in gpus])
+        # CPU devices: reduce through one device (collective all-reduces across logical CPU devices
+        # can be launched in a different order per replica and then fail)
+        return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")],
+                                              cross_device_ops=tf.distribute.ReductionToOneDevice())
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise UserError("--strategy multiworker needs $TF_CONFIG describing the cluster and this worker's index "
+                            "(see README, 'Speed and scale')")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as e:
+        raise UserError(f"--strategy tpu: no TPU found ({str(e).splitlines()[0][:120]})") from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def set_precision(mode="auto", strategy=None):
+    """Set Keras' global dtype policy for --mixed-precision auto|on|off and return its name.
+
+    on: mixed_bfloat16 on TPUs and CPUs, mixed_float16 on GPUs (Keras then wraps the optimizer
+    in a LossScaleOptimizer); auto: on for GPUs and TPUs, off (float32) on a CPU, where float16
+    is emulated and slower. Models keep float32 outputs, so losses and metrics run in float32."""
+    if mode not in ("auto", "on", "off"):
+        raise UserError(f"--mixed-precision must be auto, on or off, not {mode!r}")
+    on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
+    on_gpu = bool(tf.config.list_logical_devices("GPU"))
+    if mode == "off" or (mode == "auto" and not (on_tpu or on_gpu)):
+        policy = "float32"
+    else:
+        policy = "mixed_float16" if on_gpu and not on_tpu else "mixed_bfloat16"
+    keras.config.set_dtype_policy(policy)
+    return policy
+
+
+def jit_flag(mode="auto"):
+    """compile(jit_compile=...) for --jit auto|on|off. auto is Keras' rule: XLA on a single GPU
+    or TPU, not on a CPU nor under tf.distribute. (On a 2-core CPU XLA trained the scratch
+    classifier 17% faster, bench/speed.py; the other models were not measured, so CPU runs keep
+    Keras' rule and --jit on is there for long ones.)"""
+    if mode not in ("auto", "on", "off"):
+        raise UserError(f"--jit must be auto, on or off, not {mode!r}")
+    return {"auto": "auto", "on": True, "off": False}[mode]
+
+
+def setup_devices(strategy="auto", mixed_precision="auto", batch_size=32, lr=1e-3):
+    """Strategy, dtype policy and the global batch size and learning rate: both scale with the
+    replica count (each replica keeps `batch_size` images; linear learning-rate scaling).
+    Returns (strategy, dict for config.json)."""
+    chosen = make_strategy(strategy)
+    policy = set_precision(mixed_precision, chosen)
+    replicas = chosen.num_replicas_in_sync
+    devices = dict(strategy=type(chosen).__name__, replicas=replicas, precision=policy,
+                   global_batch_size=batch_size * replicas, lr=lr * replicas)
+    if replicas > 1 or policy != "float32":
+        print(f"devices: {devices['strategy']} with {replicas} replicas, {policy}; global batch "
+              f"{devices['global_batch_size']}, learning rate {devices['lr']:g}", flush=True)
+    return chosen, devices
+
+
+def add_device_args(p):
+    """The --strategy, --mixed-precision and --jit flags shared by the training scripts."""
+    p.add_argument("--strategy", default="auto", choices=STRATEGIES,
+                   help="tf.distribute strategy (default auto: TPU if attached, all GPUs if several, else one device)")
+    p.add_argument("--mixed-precision", default="auto", choices=["auto", "on", "off"],
+                   help="mixed precision (default auto: float16 on GPU, bfloat16 on TPU, off on CPU)")
+    p.add_argument("--jit", default="auto", choices=["auto", "on", "off"],
+                   help="XLA compilation (default auto: on for a single GPU/TPU, off on CPU and under tf.distribute)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Run folders: one folder per run, never half-written, never mixed with an older run
+
+@contextlib.contextmanager
+def run_folder(out, resume=False, overwrite=False, progress="state.json"):
+    """Create a run folder for the `with` block and yield the saved progress of an interrupted run
+    (--resume; {} for a new run). An existing run is only continued (--resume) or replaced
+    (--overwrite), never mixed with a new one. If the block fails before `progress` (a file in
+    the folder: a finished epoch) exists, the new folder is removed and a replaced one put back,
+    so a failed run leaves no partial output and loses nothing; with progress it stays, for
+    --resume."""
+    state_path = os.path.join(out, "state.json")
+    if resume:
+        if not os.path.isfile(state_path):
+            raise UserError(f"--resume: {out} holds no interrupted run (no state.json)")
+        state = read_json(state_path)
+        if state.get("finished"):
+            raise UserError(f"{out} is already finished; nothing to resume")
+        yield state
+        return
+    backup = None
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        if not overwrite:
+            raise UserError(f"{out} already exists; pass --resume to continue it or --overwrite to replace it")
+        backup = f"{out.rstrip(os.sep)}.replaced-{os.getpid()}"
+        os.rename(out, backup)
+    try:
+        os.makedirs(out, exist_ok=True)
+        if not os.access(out, os.W_OK):
+            raise UserError(f"run folder {out} is not writable")
+    except OSError as e:
+        if backup:
+            os.rename(backup, out)
+        raise UserError(f"cannot create run folder {out}: {e.strerror}") from None
+    try:
+        yield {}
+    except BaseException:
+        if not os.path.exists(os.path.join(out, progress)):
+            shutil.rmtree(out, ignore_errors=True)
+            if backup:
+                os.rename(backup, out)
+                backup = None
+        raise
+    finally:
+        if backup:
+            shutil.rmtree(backup, ignore_errors=True)
+
+
+def load_run(run_dir, task):
+    """(model, config) of a finished run folder of the given task; a clear error for anything else."""
+    config_path = os.path.join(run_dir, "config.json")
+    model_path = os.path.join(run_dir, "model.keras")
+    if not os.path.isfile(config_path) or not os.path.isfile(model_path):
+        raise UserError(f"{run_dir} is not a finished run folder (needs config.json and model.keras)")
+    config = read_config(config_path)
+    if config.get("task") != task:
+        raise UserError(f"{run_dir} holds a {config.get('task')} model, not a {task} model")
+    return keras.models.load_model(model_path, compile=False, safe_mode=True), config
+
+
+OLD_CONFIG_KEYS = {"model": "arch", "warmup_epochs": "frozen_epochs", "balance": "repeat_factor",
+                   "finetune_factor": "finetune_lr_factor"}  # config.json names before issue 17
+
+
+def read_config(path):
+    """A run's config.json, with the names of runs written before the renames of issue 17
+    (model -> arch, warmup_epochs -> frozen_epochs, balance -> repeat_factor, fit 'pad' ->
+    'letterbox') read as today's."""
+    config = {OLD_CONFIG_KEYS.get(k, k): v for k, v in read_json(path).items()}
+    if config.get("fit") == "pad":
+        config["fit"] = "letterbox"
+    return config
+
+
+def read_json(path):
+    """The object in a JSON file the project wrote (null where a value is undefined)."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def save_model(model, path):
+    """model.save through a temporary name + rename, so a crash never leaves a broken file."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise UserError(f"cannot save {path}: {e.strerror or e}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Training: checkpoints, NaN stop, time limit, learning-rate schedule, resume (the two training scripts)
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """Every epoch: save the model (with optimizer state) to last.keras and the progress to
+    state.json, for --resume; when `monitor` improves, also save model.keras (the best model).
+    Files are replaced atomically. Stops training, keeping the best model, if the loss is NaN."""
+
+    def __init__(self, out, monitor="val_dice", state=None):
+        super().__init__()
+        self.out, self.monitor = out, monitor
+        self.state = dict(state or {})
+        self.state.setdefault("best", None)
+        self.state.setdefault("best_epoch", None)
+        self.nan_epoch = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if not np.isfinite(logs.get("loss", 0.0)):
+            self.nan_epoch = epoch + 1
+            self.model.stop_training = True
+            return
+        value = logs.get(self.monitor)
+        if value is not None and (self.state["best"] is None or value > self.state["best"]):
+            self.state.update(best=float(value), best_epoch=epoch + 1)
+            save_model(self.model, os.path.join(self.out, "model.keras"))
+        save_model(self.model, os.path.join(self.out, "last.keras"))
+        self.state["epoch"] = epoch + 1
+        write_json(os.path.join(self.out, "state.json"), self.state)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs and not np.isfinite(logs.get("loss", 0.0)):
+            self.nan_epoch = "current"
+            self.model.stop_training = True
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stop before an epoch that would end past the time limit (minutes, counted from creation;
+    None or 0: no limit). `hit` says whether it stopped training."""
+
+    def __init__(self, minutes=None):
+        super().__init__()
+        self.limit = minutes * 60 if minutes else float("inf")
+        self.start, self.longest, self.hit = time.time(), 0.0, False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.longest = max(self.longest, time.time() - self.epoch_start)
+        if time.time() - self.start + self.longest > self.limit:
+            self.hit = True
+            self.model.stop_training = True
+
+
+def cosine(lr, start, end, floor=0.02):
+    """Epoch -> learning rate: cosine from lr at epoch `start` down to lr*floor at `end`."""
+    def schedule(epoch, _lr=None):
+        t = min(max((epoch - start) / max(end - start, 1), 0.0), 1.0)
+        return float(lr * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * t))))
+    return schedule
+
+
+def resume_model(out, state):
+    """The model of an interrupted run as saved after its last finished epoch, optimizer included."""
+    print(f"resuming after epoch {state.get('epoch', 0)} (best so far {state.get('best')})", flush=True)
+    return keras.models.load_model(os.path.join(out, "last.keras"), safe_mode=True)
+
+
+def keras_verbosity(verbose=None):
+    """Keras' verbose= for fit: None picks 1 (a progress bar) on a terminal and 2 (one line per
+    epoch) when output goes to a file or a notebook log; any other value is returned as it is."""
+    return (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
+
+
+def stage_callbacks(out, checkpoint, timer, lr, start, end, patience=10, monitor="val_dice"):
+    """The callbacks of one training stage (epochs start+1..end): the run's checkpoint, a cosine
+    learning-rate schedule from lr, the CSV log (appended across stages and resumes), early
+    stopping on `monitor` after `patience` epochs without improvement, and the time limit."""
+    return [checkpoint, keras.callbacks.LearningRateScheduler(cosine(lr, start, end)),
+            keras.callbacks.CSVLogger(os.path.join(out, "log.csv"), append=True),
+            keras.callbacks.EarlyStopping(monitor, mode="max", patience=patience), timer]
+
+
+def end_training(out, checkpoint, timer):
+    """The run's progress after its last stage (state.json's fields, plus nan_epoch and
+    time_limited), saying why training stopped early; UserError when no epoch gave a model."""
+    state = dict(checkpoint.state, nan_epoch=checkpoint.nan_epoch, time_limited=timer.hit)
+    state.setdefault("epoch", 0)
+    if checkpoint.nan_epoch:
+        print(f"stopped: the loss became NaN in epoch {checkpoint.nan_epoch}; keeping the best model "
+              f"(epoch {state['best_epoch']}) in {out}/model.keras", flush=True)
+    if timer.hit:
+        print(f"stopped at the {timer.limit / 60:g}-minute time limit after epoch {state['epoch']}", flush=True)
+    if state["best"] is None:
+        raise UserError("training produced no usable model (no finished epoch with a finite loss)")
+    return state
+
+
+def finish_run(out, state):
+    """Mark a run finished and drop its resume checkpoint."""
+    write_json(os.path.join(out, "state.json"), dict(state, finished=True))
+    if os.path.exists(os.path.join(out, "last.keras")):
+        os.remove(os.path.join(out, "last.keras"))
 
 
 # ----------------------------------------------------------------------------------------------
 # Demo data: synthetic, deterministic, competition layout
+
+DEMO_VERSION = 1  # bump when the demo generator changes, so stale caches are not reused
 
 # (shape, RGB colour, texture) per class: every class is told apart by its combination.
 DEMO_STYLE = [
@@ -1177,533 +1606,6 @@ def make_demo(root=None, n_train=300, n_test=100, seed=0, scale=1.0):
         if not os.path.isfile(os.path.join(root, "solution.csv")):
             raise
     return root
-
-
-# ----------------------------------------------------------------------------------------------
-# Pictures
-
-def voc_palette():
-    """The standard VOC colour map: (256, 3) uint8, index 255 (void) is cream."""
-    pal = np.zeros((256, 3), np.uint8)
-    for i in range(256):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    pal[VOID] = (224, 224, 192)
-    return pal
-
-
-def colorize(mask):
-    return voc_palette()[np.asarray(mask)]
-
-
-def font(size=12):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType sizes
-        return ImageFont.load_default()
-
-
-def tile(image, height, caption="", width=None):
-    """An image scaled to a given height (or fitted into a width x height box) with a caption
-    (one or more lines) below it."""
-    im = Image.fromarray(np.asarray(image, np.uint8))
-    scale = height / im.height if width is None else min(height / im.height, width / im.width)
-    size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
-    im = im.resize(size, Image.NEAREST if np.asarray(image).ndim == 2 else Image.BILINEAR)
-    w = size[0] if width is None else width
-    out = Image.new("RGB", (w, height + 14 * (caption.count("\n") + 1) + 4), "white")
-    out.paste(im.convert("RGB"), ((w - size[0]) // 2, (height - size[1]) // 2))
-    ImageDraw.Draw(out).multiline_text((2, height + 2), caption, fill="black", font=font(11), spacing=1)
-    return out
-
-
-def grid(tiles, columns, pad=6, title=""):
-    """Lay tiles out in rows, left to right; returns a PIL image."""
-    rows = [tiles[k:k + columns] for k in range(0, len(tiles), columns)]
-    widths = [sum(t.width for t in r) + pad * (len(r) + 1) for r in rows]
-    heights = [max(t.height for t in r) + pad for r in rows]
-    top = 24 if title else 0
-    out = Image.new("RGB", (max(widths), sum(heights) + pad + top), "white")
-    if title:
-        ImageDraw.Draw(out).text((pad, 4), title, fill="black", font=font(14))
-    y = top + pad
-    for r, h in zip(rows, heights):
-        x = pad
-        for t in r:
-            out.paste(t, (x, y))
-            x += t.width + pad
-        y += h
-    return out
-
-
-def save_png(path, image):
-    atomic_write(path, lambda f: image.save(f, format="PNG"), mode="wb")
-
-
-def wrap_names(names, width=40):
-    lines, line = [], ""
-    for n in names:
-        if line and len(line) + len(n) + 2 > width:
-            lines.append(line + ",")
-            line = n
-        else:
-            line = f"{line}, {n}" if line else n
-    return "\n".join(lines + [line])
-
-
-def with_legend(pic, classes):
-    """A picture with a palette legend of the given classes (0-based indices) below it."""
-    key = legend(classes)
-    out = Image.new("RGB", (max(pic.width, key.width + 6), pic.height + key.height + 6), "white")
-    out.paste(pic, (0, 0))
-    out.paste(key, (6, pic.height))
-    return out
-
-
-def legend(classes, height=16):
-    """A strip of palette swatches with class names, for mask pictures."""
-    pal = voc_palette()
-    items = [(0, "background")] + [(c + 1, CLASSES[c]) for c in classes] + [(VOID, "void")]
-    out = Image.new("RGB", (130 * min(len(items), 6), (height + 4) * ((len(items) + 5) // 6)), "white")
-    d = ImageDraw.Draw(out)
-    for k, (idx, name) in enumerate(items):
-        x, y = 130 * (k % 6), (height + 4) * (k // 6)
-        d.rectangle([x + 2, y + 2, x + height, y + height], fill=tuple(int(v) for v in pal[idx]), outline="black")
-        d.text((x + height + 6, y + 3), name, fill="black", font=font(11))
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Model building blocks and pretrained backbones (ImageNet weights only; never weights trained on VOC)
-
-def conv_bn_relu(x, filters, name, kernel=3, separable=False):
-    """Conv (or depthwise-separable conv) without bias, BatchNorm, ReLU: layers `{name}_conv`,
-    `{name}_bn`, `{name}_relu` (saved models and attack.py's feature taps rely on these names)."""
-    conv = keras.layers.SeparableConv2D if separable else keras.layers.Conv2D
-    x = conv(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    # momentum .9: small data, adapt fast; synchronized: batch statistics over all replicas
-    x = keras.layers.BatchNormalization(momentum=0.9, synchronized=True, name=f"{name}_bn")(x)
-    return keras.layers.ReLU(name=f"{name}_relu")(x)
-
-
-# name: (constructor, first layer of the top stage to fine-tune, input scaling, skip layers at
-# strides 2, 4, 8, 16 for U-Nets)
-BACKBONES = {
-    "mobilenetv2": ("MobileNetV2", "block_13_expand", "tf",
-                    ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu")),
-    "efficientnetv2b0": ("EfficientNetV2B0", "block6a_expand_conv", "raw",
-                         ("block1a_project_activation", "block2b_add", "block3b_add", "block5e_add")),
-    "resnet50v2": ("ResNet50V2", "conv5_block1_preact_bn", "tf",
-                   ("conv1_conv", "conv2_block3_1_relu", "conv3_block4_1_relu", "conv4_block6_1_relu")),
-}
-
-
-def make_backbone(name, size, weights="imagenet"):
-    """An ImageNet backbone without its top, taking float images in [0, 255] of size x size
-    (None: any size, with the 224-pixel weights).
-
-    weights: 'imagenet' (Keras' download, or the file already in $KERAS_HOME/models), 'none'
-    (random init), or the path of a no-top weights file. Returns (backbone model, preprocessing
-    layer or None). BACKBONES[name][1] names the first layer of its top stage.
-    """
-    if name not in BACKBONES:
-        raise UserError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
-    constructor, _, scaling, _ = BACKBONES[name]
-    if weights not in ("imagenet", "none", None) and not os.path.isfile(weights):
-        raise UserError(f"--weights {weights!r}: no such file (use imagenet, none or a .h5 path)")
-    try:
-        with warnings.catch_warnings():  # size None loads the 224-pixel weights, as intended: no warning
-            warnings.filterwarnings("ignore", message=".*input_shape. is undefined")
-            backbone_model = getattr(keras.applications, constructor)(
-                input_shape=(size, size, 3), include_top=False,
-                weights=None if weights in ("none", None) else weights)
-    except (OSError, ValueError, Exception) as e:  # a failed download surfaces as a plain Exception
-        if isinstance(e, UserError):
-            raise
-        raise UserError(f"cannot load {weights} weights for {name}: {str(e).splitlines()[0][:200]}; "
-                        "offline, set KERAS_HOME to a folder holding models/<Keras file name> "
-                        "or pass --weights PATH") from None
-    preprocess = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess") if scaling == "tf" else None
-    return backbone_model, preprocess
-
-
-def backbone_of(net):
-    """The pretrained backbone nested in a model (its keras.Model layer), or None for a scratch model."""
-    return next((layer for layer in net.layers if isinstance(layer, keras.Model)), None)
-
-
-def set_backbone_trainable(backbone_model, from_layer=None):
-    """Freeze the backbone, or unfreeze it from `from_layer` upwards. BatchNorm layers stay frozen
-    (and the backbone is always called with training=False), so their statistics never move."""
-    names = [layer.name for layer in backbone_model.layers]
-    start = len(names) if from_layer is None else names.index(from_layer)
-    backbone_model.trainable = True
-    for k, layer in enumerate(backbone_model.layers):
-        layer.trainable = k >= start and not isinstance(layer, keras.layers.BatchNormalization)
-
-
-# ----------------------------------------------------------------------------------------------
-# Devices: tf.distribute strategies, mixed precision, XLA
-
-STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
-
-
-def make_strategy(name="auto"):
-    """The tf.distribute strategy for --strategy.
-
-    auto: a TPU if one is attached, else all local GPUs when there are several, else one device.
-    mirrored: MirroredStrategy over all local GPUs (with none: over every logical CPU device, so
-    it can be tested on a CPU split into logical devices). multiworker: MultiWorkerMirroredStrategy,
-    the cluster described by $TF_CONFIG. tpu: TPUStrategy (Kaggle/Colab TPUs)."""
-    if name not in STRATEGIES:
-        raise UserError(f"unknown --strategy {name!r}; choose from {', '.join(STRATEGIES)}")
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "auto":
-        has_tpu = tf.config.list_physical_devices("TPU") or "TPU_NAME" in os.environ or "COLAB_TPU_ADDR" in os.environ
-        name = "tpu" if has_tpu else "mirrored" if len(gpus) > 1 else "default"
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        if gpus:
-            return tf.distribute.MirroredStrategy([d.name for d in gpus])
-        # CPU devices: reduce through one device (collective all-reduces across logical CPU devices
-        # can be launched in a different order per replica and then fail)
-        return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")],
-                                              cross_device_ops=tf.distribute.ReductionToOneDevice())
-    if name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise UserError("--strategy multiworker needs $TF_CONFIG describing the cluster and this worker's index "
-                            "(see README, 'Speed and scale')")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    try:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-    except (ValueError, RuntimeError, tf.errors.OpError) as e:
-        raise UserError(f"--strategy tpu: no TPU found ({str(e).splitlines()[0][:120]})") from None
-    return tf.distribute.TPUStrategy(resolver)
-
-
-def set_precision(mode="auto", strategy=None):
-    """Set Keras' global dtype policy for --mixed-precision auto|on|off and return its name.
-
-    on: mixed_bfloat16 on TPUs and CPUs, mixed_float16 on GPUs (Keras then wraps the optimizer
-    in a LossScaleOptimizer); auto: on for GPUs and TPUs, off (float32) on a CPU, where float16
-    is emulated and slower. Models keep float32 outputs, so losses and metrics run in float32."""
-    if mode not in ("auto", "on", "off"):
-        raise UserError(f"--mixed-precision must be auto, on or off, not {mode!r}")
-    on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
-    on_gpu = bool(tf.config.list_logical_devices("GPU"))
-    if mode == "off" or (mode == "auto" and not (on_tpu or on_gpu)):
-        policy = "float32"
-    else:
-        policy = "mixed_float16" if on_gpu and not on_tpu else "mixed_bfloat16"
-    keras.config.set_dtype_policy(policy)
-    return policy
-
-
-def jit_flag(mode="auto"):
-    """compile(jit_compile=...) for --jit auto|on|off. auto is Keras' rule: XLA on a single GPU
-    or TPU, not on a CPU nor under tf.distribute. (On a 2-core CPU XLA trained the scratch
-    classifier 17% faster, bench/speed.py; the other models were not measured, so CPU runs keep
-    Keras' rule and --jit on is there for long ones.)"""
-    if mode not in ("auto", "on", "off"):
-        raise UserError(f"--jit must be auto, on or off, not {mode!r}")
-    return {"auto": "auto", "on": True, "off": False}[mode]
-
-
-def setup_devices(strategy="auto", mixed_precision="auto", batch_size=32, lr=1e-3):
-    """Strategy, dtype policy and the global batch size and learning rate: both scale with the
-    replica count (each replica keeps `batch_size` images; linear learning-rate scaling).
-    Returns (strategy, dict for config.json)."""
-    chosen = make_strategy(strategy)
-    policy = set_precision(mixed_precision, chosen)
-    replicas = chosen.num_replicas_in_sync
-    devices = dict(strategy=type(chosen).__name__, replicas=replicas, precision=policy,
-                   global_batch_size=batch_size * replicas, lr=lr * replicas)
-    if replicas > 1 or policy != "float32":
-        print(f"devices: {devices['strategy']} with {replicas} replicas, {policy}; global batch "
-              f"{devices['global_batch_size']}, learning rate {devices['lr']:g}", flush=True)
-    return chosen, devices
-
-
-def add_device_args(p):
-    """The --strategy, --mixed-precision and --jit flags shared by the training scripts."""
-    p.add_argument("--strategy", default="auto", choices=STRATEGIES,
-                   help="tf.distribute strategy (default auto: TPU if attached, all GPUs if several, else one device)")
-    p.add_argument("--mixed-precision", default="auto", choices=["auto", "on", "off"],
-                   help="mixed precision (default auto: float16 on GPU, bfloat16 on TPU, off on CPU)")
-    p.add_argument("--jit", default="auto", choices=["auto", "on", "off"],
-                   help="XLA compilation (default auto: on for a single GPU/TPU, off on CPU and under tf.distribute)")
-
-
-# ----------------------------------------------------------------------------------------------
-# Run folders and training hygiene
-
-@contextlib.contextmanager
-def run_folder(out, resume=False, overwrite=False, progress="state.json"):
-    """Create a run folder for the `with` block and yield the saved progress of an interrupted run
-    (--resume; {} for a new run). An existing run is only continued (--resume) or replaced
-    (--overwrite), never mixed with a new one. If the block fails before `progress` (a file in
-    the folder: a finished epoch) exists, the new folder is removed and a replaced one put back,
-    so a failed run leaves no partial output and loses nothing; with progress it stays, for
-    --resume."""
-    state_path = os.path.join(out, "state.json")
-    if resume:
-        if not os.path.isfile(state_path):
-            raise UserError(f"--resume: {out} holds no interrupted run (no state.json)")
-        state = read_json(state_path)
-        if state.get("finished"):
-            raise UserError(f"{out} is already finished; nothing to resume")
-        yield state
-        return
-    backup = None
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        if not overwrite:
-            raise UserError(f"{out} already exists; pass --resume to continue it or --overwrite to replace it")
-        backup = f"{out.rstrip(os.sep)}.replaced-{os.getpid()}"
-        os.rename(out, backup)
-    try:
-        os.makedirs(out, exist_ok=True)
-        if not os.access(out, os.W_OK):
-            raise UserError(f"run folder {out} is not writable")
-    except OSError as e:
-        if backup:
-            os.rename(backup, out)
-        raise UserError(f"cannot create run folder {out}: {e.strerror}") from None
-    try:
-        yield {}
-    except BaseException:
-        if not os.path.exists(os.path.join(out, progress)):
-            shutil.rmtree(out, ignore_errors=True)
-            if backup:
-                os.rename(backup, out)
-                backup = None
-        raise
-    finally:
-        if backup:
-            shutil.rmtree(backup, ignore_errors=True)
-
-
-def load_run(run_dir, task):
-    """(model, config) of a finished run folder of the given task; a clear error for anything else."""
-    config_path = os.path.join(run_dir, "config.json")
-    model_path = os.path.join(run_dir, "model.keras")
-    if not os.path.isfile(config_path) or not os.path.isfile(model_path):
-        raise UserError(f"{run_dir} is not a finished run folder (needs config.json and model.keras)")
-    config = read_config(config_path)
-    if config.get("task") != task:
-        raise UserError(f"{run_dir} holds a {config.get('task')} model, not a {task} model")
-    return keras.models.load_model(model_path, compile=False, safe_mode=True), config
-
-
-OLD_CONFIG_KEYS = {"model": "arch", "warmup_epochs": "frozen_epochs", "balance": "repeat_factor",
-                   "finetune_factor": "finetune_lr_factor"}  # config.json names before issue 17
-
-
-def read_config(path):
-    """A run's config.json, with the names of runs written before the renames of issue 17
-    (model -> arch, warmup_epochs -> frozen_epochs, balance -> repeat_factor, fit 'pad' ->
-    'letterbox') read as today's."""
-    config = {OLD_CONFIG_KEYS.get(k, k): v for k, v in read_json(path).items()}
-    if config.get("fit") == "pad":
-        config["fit"] = "letterbox"
-    return config
-
-
-def read_json(path):
-    """The object in a JSON file the project wrote (null where a value is undefined)."""
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def save_model(model, path):
-    """model.save through a temporary name + rename, so a crash never leaves a broken file."""
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise UserError(f"cannot save {path}: {e.strerror or e}") from None
-
-
-class RunCheckpoint(keras.callbacks.Callback):
-    """Every epoch: save the model (with optimizer state) to last.keras and the progress to
-    state.json, for --resume; when `monitor` improves, also save model.keras (the best model).
-    Files are replaced atomically. Stops training, keeping the best model, if the loss is NaN."""
-
-    def __init__(self, out, monitor="val_dice", state=None):
-        super().__init__()
-        self.out, self.monitor = out, monitor
-        self.state = dict(state or {})
-        self.state.setdefault("best", None)
-        self.state.setdefault("best_epoch", None)
-        self.nan_epoch = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        if not np.isfinite(logs.get("loss", 0.0)):
-            self.nan_epoch = epoch + 1
-            self.model.stop_training = True
-            return
-        value = logs.get(self.monitor)
-        if value is not None and (self.state["best"] is None or value > self.state["best"]):
-            self.state.update(best=float(value), best_epoch=epoch + 1)
-            save_model(self.model, os.path.join(self.out, "model.keras"))
-        save_model(self.model, os.path.join(self.out, "last.keras"))
-        self.state["epoch"] = epoch + 1
-        write_json(os.path.join(self.out, "state.json"), self.state)
-
-    def on_train_batch_end(self, batch, logs=None):
-        if logs and not np.isfinite(logs.get("loss", 0.0)):
-            self.nan_epoch = "current"
-            self.model.stop_training = True
-
-
-class TimeLimit(keras.callbacks.Callback):
-    """Stop before an epoch that would end past the time limit (minutes, counted from creation)."""
-
-    def __init__(self, minutes):
-        super().__init__()
-        self.limit, self.start, self.longest, self.hit = minutes * 60, time.time(), 0.0, False
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_start = time.time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.longest = max(self.longest, time.time() - self.epoch_start)
-        if time.time() - self.start + self.longest > self.limit:
-            self.hit = True
-            self.model.stop_training = True
-
-
-def cosine(lr, start, end, floor=0.02):
-    """Epoch -> learning rate: cosine from lr at epoch `start` down to lr*floor at `end`."""
-    def schedule(epoch, _lr=None):
-        t = min(max((epoch - start) / max(end - start, 1), 0.0), 1.0)
-        return float(lr * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * t))))
-    return schedule
-
-
-def resume_model(out, state):
-    """The model of an interrupted run as saved after its last finished epoch, optimizer included."""
-    print(f"resuming after epoch {state.get('epoch', 0)} (best so far {state.get('best')})", flush=True)
-    return keras.models.load_model(os.path.join(out, "last.keras"), safe_mode=True)
-
-
-def keras_verbosity(verbose=None):
-    """Keras' verbose= for fit: None picks 1 (a progress bar) on a terminal and 2 (one line per
-    epoch) when output goes to a file or a notebook log; any other value is returned as it is."""
-    return (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
-
-
-def fit_stages(net, stages, train_ds, val_ds, out, state, monitor="val_dice", patience=10, time_limit=None,
-               verbose=2):
-    """Train through stages [(end epoch, learning rate, prepare(lr)), ...]; prepare sets the
-    trainable layers and compiles `net` for its stage. Each stage follows a cosine schedule,
-    logs to log.csv, stops early on `monitor`, and checkpoints every epoch (RunCheckpoint), so a
-    resumed run (state from run_folder) continues where it stopped. Returns (history, state)."""
-    checkpoint = RunCheckpoint(out, monitor, state)
-    timer = TimeLimit(time_limit) if time_limit else None
-    done, continuing = state.get("epoch", 0), state.get("stage")  # a resumed stage keeps its optimizer
-    history, start = {}, 0
-    for stage, (end, lr, prepare) in enumerate(stages, 1):
-        if done < end:
-            print(f"stage {stage}/{len(stages)}: epochs {max(start, done) + 1}-{end}, lr {lr:g}", flush=True)
-            if stage != continuing:
-                prepare(lr)
-            continuing = None
-            checkpoint.state["stage"] = stage
-            callbacks = [checkpoint, keras.callbacks.LearningRateScheduler(cosine(lr, start, end)),
-                         keras.callbacks.CSVLogger(os.path.join(out, "log.csv"), append=True),
-                         keras.callbacks.EarlyStopping(monitor, mode="max", patience=patience)]
-            h = net.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=max(start, done),
-                        callbacks=callbacks + ([timer] if timer else []), verbose=verbose)
-            for k, v in h.history.items():
-                history.setdefault(k, []).extend(v)
-            done = checkpoint.state.get("epoch", done)
-            if checkpoint.nan_epoch or (timer and timer.hit):
-                break
-        start = end
-    state = dict(checkpoint.state, nan_epoch=checkpoint.nan_epoch, time_limited=bool(timer and timer.hit))
-    state.setdefault("epoch", done)
-    if checkpoint.nan_epoch:
-        print(f"stopped: the loss became NaN in epoch {checkpoint.nan_epoch}; keeping the best model "
-              f"(epoch {state['best_epoch']}) in {out}/model.keras", flush=True)
-    if state["time_limited"]:
-        print(f"stopped at the {time_limit:g}-minute time limit after epoch {done}", flush=True)
-    if state["best"] is None:
-        raise UserError("training produced no usable model (no finished epoch with a finite loss)")
-    return history, state
-
-
-def finish_run(out, state):
-    """Mark a run finished and drop its resume checkpoint."""
-    write_json(os.path.join(out, "state.json"), dict(state, finished=True))
-    if os.path.exists(os.path.join(out, "last.keras")):
-        os.remove(os.path.join(out, "last.keras"))
-
-
-def read_log(path):
-    """Rows of a CSVLogger file as a dict of float columns."""
-    if not os.path.isfile(path):
-        return {}
-    with open_csv(path) as f:
-        rows = list(csv.DictReader(f))
-    return {k: np.array([float(r[k]) if r.get(k) not in (None, "") else np.nan for r in rows])
-            for k in (rows[0].keys() if rows else [])}
-
-
-COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
-
-
-def line_chart(series, title, width=420, height=260):
-    """A small line chart (PIL): series = {name: y values per epoch}."""
-    im = Image.new("RGB", (width, height), "white")
-    d = ImageDraw.Draw(im)
-    left, right, top, bottom = 48, width - 10, 24, height - 44
-    d.text((left, 4), title, fill="black", font=font(13))
-    values = np.concatenate([np.asarray(v, float) for v in series.values()] or [np.zeros(1)])
-    values = values[np.isfinite(values)]
-    lo, hi = (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
-    if hi - lo < 1e-9:
-        lo, hi = lo - 0.5, hi + 0.5
-    n = max((len(v) for v in series.values()), default=1)
-    sx = lambda k: left + (right - left) * (k / max(n - 1, 1))  # noqa: E731
-    sy = lambda y: bottom - (bottom - top) * (y - lo) / (hi - lo)  # noqa: E731
-    d.rectangle([left, top, right, bottom], outline="black")
-    for t in np.linspace(lo, hi, 5):
-        d.line([left - 3, sy(t), left, sy(t)], fill="black")
-        d.text((2, sy(t) - 6), f"{t:.3g}", fill="black", font=font(10))
-    for k in sorted({0, n - 1} | set(range(0, n, max(1, n // 6)))):
-        d.line([sx(k), bottom, sx(k), bottom + 3], fill="black")
-        d.text((sx(k) - 4, bottom + 5), str(k + 1), fill="black", font=font(10))
-    d.text(((left + right) // 2 - 14, bottom + 17), "epoch", fill="black", font=font(10))
-    for c, (name, ys) in enumerate(series.items()):
-        colour = COLOURS[c % len(COLOURS)]
-        pts = [(sx(k), sy(y)) for k, y in enumerate(ys) if np.isfinite(y)]
-        if len(pts) > 1:
-            d.line(pts, fill=colour, width=2)
-        for p in pts:
-            d.ellipse([p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2], fill=colour)
-        x = left + 4 + 110 * c
-        d.line([x, height - 8, x + 16, height - 8], fill=colour, width=3)
-        d.text((x + 20, height - 14), name, fill="black", font=font(10))
-    return im
-
-
-def plot_curves(log_path, out_path, panels, title=""):
-    """Learning-curve PNG from a CSV log: panels = [(panel title, [column, ...]), ...]."""
-    log = read_log(log_path)
-    charts = [line_chart({c: log[c] for c in cols if c in log}, name) for name, cols in panels]
-    save_png(out_path, grid(charts, len(charts), title=title))
 
 
 # ----------------------------------------------------------------------------------------------

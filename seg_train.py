@@ -125,6 +125,43 @@ class SegLoss(keras.losses.Loss):
         return {**super().get_config(), "kind": self.kind}
 
 
+
+@keras.saving.register_keras_serializable("voc")
+class MaskDice(keras.metrics.Mean):
+    """Training metric: the mean per-image segmentation Dice (on the 20-class stack) of argmax
+    predictions (B, H, W, 21) against label maps (B, H, W) with 255 = void. Unlike the
+    competition's score, predictions on void pixels do not count: on training canvases void is
+    mostly the padding around the image, which prediction crops away (seg_metrics gives the
+    exact score)."""
+
+    def __init__(self, name="dice", dtype=None):
+        super().__init__(name=name, dtype=dtype)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        ops = keras.ops
+        t = ops.cast(y_true, "int32")
+        p = ops.cast(ops.argmax(y_pred, axis=-1), "int32")
+        t_obj = ops.cast((t >= 1) & (t <= NUM_CLASSES), "float32")
+        p_obj = ops.cast((p >= 1) & (t != VOID), "float32")
+        inter = ops.sum(t_obj * p_obj * ops.cast(p == t, "float32"), (1, 2))
+        total = ops.sum(p_obj, (1, 2)) + ops.sum(t_obj, (1, 2))
+        super().update_state(ops.where(total > 0, 2.0 * inter / ops.maximum(total, 1.0), 1.0))  # (B,)
+
+# ----------------------------------------------------------------------------------------------
+# Sampling
+
+def repeat_factors(labels, threshold=0.1):
+    """Repeat-factor sampling (LVIS, Gupta et al. 2019): an image is shown
+    round(max(1, max over its classes c of sqrt(threshold / f_c))) times an epoch, f_c the
+    fraction of images containing c, so classes in fewer than `threshold` of the images are seen
+    more often without dropping any image. labels: (N, 20) with 1 = present."""
+    present = np.asarray(labels) > 0
+    freq = np.maximum(present.mean(0), 1e-12)
+    per_class = np.maximum(1.0, np.sqrt(threshold / freq))
+    return np.round(np.max(np.where(present, per_class, 1.0), axis=1)).astype(np.int64)
+
+
+
 # ----------------------------------------------------------------------------------------------
 # Whole-image prediction at original size (also used by predict.py and attack.py)
 
@@ -211,10 +248,27 @@ def predict_masks(model, images, img_size, scales=(1.0,), flip=False, batch_size
     return [label_map(p, im.shape[:2]) for p, im in zip(probs, images)]
 
 
+def confusion_matrix(pred, true, num_classes=NUM_CLASSES + 1):
+    """(num_classes x num_classes) counts, rows = truth; void (255) pixels ignored."""
+    pred, true = np.asarray(pred).ravel().astype(np.int64), np.asarray(true).ravel().astype(np.int64)
+    keep = true != VOID
+    return np.bincount(true[keep] * num_classes + pred[keep],
+                       minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def iou_from_confusion(cm):
+    """(mIoU over classes present in truth or prediction, per-class IoU with NaN for absent)."""
+    inter = np.diag(cm).astype(np.float64)
+    union = cm.sum(0) + cm.sum(1) - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+    return float(np.nanmean(iou)), iou.tolist()
+
+
+
 def seg_metrics(pred_masks, true_masks):
     """Original-resolution metrics: mIoU and per-class IoU (void ignored), competition Dice."""
-    cm = sum(common.confusion_matrix(p, t) for p, t in zip(pred_masks, true_masks))
-    miou, iou = common.iou_from_confusion(cm)
+    cm = sum(confusion_matrix(p, t) for p, t in zip(pred_masks, true_masks))
+    miou, iou = iou_from_confusion(cm)
     dice = [common.segmentation_dice(p, t) for p, t in zip(pred_masks, true_masks)]
     return {"miou": miou, "iou": dict(zip(("background",) + CLASSES, iou)), "dice": float(np.mean(dice)),
             "per_image_dice": dice}
@@ -268,7 +322,7 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, epochs=None, 
     loss: 'ce', 'dice' or 'ce+dice' (SegLoss; default 'ce+dice').
     val_fraction: share of the labelled images held out for validation (default 0.2).
     repeat_factor: repeat-factor sampling: images of rare classes repeat within an epoch
-        (common.repeat_factors; default False).
+        (repeat_factors; default False).
     patience: early stopping on validation Dice, in epochs, per stage (default 12).
     time_limit: minutes; training stops before an epoch that would end later (default None: no limit).
     width: unet only: filters at full resolution (default 16; up to 8 x width deeper, 10 x at the bottleneck).
@@ -307,65 +361,87 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, epochs=None, 
     with common.run_folder(out, resume, overwrite) as state:
         keras.utils.set_random_seed(seed)
 
+        # Data: training crops (B, img_size, img_size, 3) float32 in [0, 255] with masks (B, img_size,
+        # img_size) int32, 255 = void; validation images letterboxed to img_size
         split, train_split, val_split = common.split_for_training(data, val_fraction, seed, masks=True)
         config = dict(task="segmentation", arch=arch, backbone=None if arch == "unet" else backbone,
                       img_size=img_size, fit="letterbox", data=split.root, seed=seed, val_fraction=val_fraction,
                       loss=loss, repeat_factor=repeat_factor, devices=devices, classes=list(CLASSES),
                       val_ids=list(val_split.ids))
         common.write_json(os.path.join(out, "config.json"), config)
-
         train_examples = common.load_examples(train_split) if common.cache_fits(split) else None
         val_examples = common.load_examples(val_split)
         train_ds = common.make_dataset(train_split, train_examples, img_size, batch_size, training=True, seed=seed,
                                        target="mask", scale=(0.5, 1.5),
-                                       repeats=common.repeat_factors(train_split.labels) if repeat_factor else None)
+                                       repeats=repeat_factors(train_split.labels) if repeat_factor else None)
         val_ds = common.make_dataset(val_split, val_examples, img_size, batch_size, target="mask")
 
+        # Model: built new (any input size that is a multiple of 32), or the interrupted run's last
+        # epoch (optimizer included) with --resume
         with strategy.scope():
             if resume:
-                net = common.resume_model(out, state)
+                model = common.resume_model(out, state)
             elif arch == "unet":
-                net = build_unet(None, width)
+                model = build_unet(None, width)
             else:
-                net = build_transfer_unet(None, backbone, weights)
-        backbone_model = common.backbone_of(net)
+                model = build_transfer_unet(None, backbone, weights)
+        backbone_model = common.backbone_of(model)  # None for the scratch U-Net
 
-        def prepare(stage):
-            def compile_for(stage_lr):
-                if backbone_model is not None:
-                    common.set_backbone_trainable(backbone_model, None if stage == 1 else common.BACKBONES[backbone][1])
-                    print(f"backbone {'frozen' if stage == 1 else 'unfrozen from its top stage'}", flush=True)
+        # Training: compile and fit per stage, (first epoch, end epoch, learning rate, first
+        # backbone layer to train): the decoder on the frozen backbone, then its top stage fine-tuned
+        top_stage = None if arch == "unet" else common.BACKBONES[backbone][1]
+        stages = [(0, epochs, lr, None)] if arch == "unet" else \
+            [(0, frozen_epochs, lr, None), (frozen_epochs, epochs, lr * finetune_lr_factor, top_stage)]
+        checkpoint = common.RunCheckpoint(out, "val_dice", state)  # model.keras (best), last.keras, state.json
+        timer = common.TimeLimit(time_limit)
+        history = {}
+        for stage, (start, end, stage_lr, train_from) in enumerate(stages, 1):
+            first = max(start, checkpoint.state.get("epoch", 0))  # a resumed run skips its finished epochs
+            if first >= end:
+                continue
+            print(f"stage {stage}/{len(stages)}: epochs {first + 1}-{end}, lr {stage_lr:g}", flush=True)
+            if stage != checkpoint.state.get("stage"):  # else: resuming this stage, its optimizer restored
+                common.set_backbone_trainable(backbone_model, train_from)
                 with strategy.scope():
-                    net.compile(optimizer=keras.optimizers.AdamW(stage_lr, weight_decay=1e-4), loss=SegLoss(loss),
-                                metrics=[keras.metrics.MeanIoU(NUM_CLASSES + 1, ignore_class=VOID,
-                                                               sparse_y_pred=False, name="miou"),
-                                         common.MaskDice(name="dice")], jit_compile=jit_compile)
-            return compile_for
+                    model.compile(optimizer=keras.optimizers.AdamW(stage_lr, weight_decay=1e-4), loss=SegLoss(loss),
+                                  metrics=[keras.metrics.MeanIoU(NUM_CLASSES + 1, ignore_class=VOID,
+                                                                 sparse_y_pred=False, name="miou"),
+                                           MaskDice(name="dice")], jit_compile=jit_compile)
+            checkpoint.state["stage"] = stage
+            fit = model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=end, verbose=verbose,
+                            callbacks=common.stage_callbacks(out, checkpoint, timer, stage_lr, start, end, patience))
+            for key, values in fit.history.items():
+                history.setdefault(key, []).extend(values)
+            if checkpoint.nan_epoch or timer.hit:
+                break
+        state = common.end_training(out, checkpoint, timer)
 
-        stages = [(epochs, lr, prepare(1))] if arch == "unet" else \
-            [(frozen_epochs, lr, prepare(1)), (epochs, lr * finetune_lr_factor, prepare(2))]
-        history, state = common.fit_stages(net, stages, train_ds, val_ds, out, state, "val_dice", patience,
-                                           time_limit, verbose)
-
+        # Evaluation: the best epoch's model on whole validation images, at their original size
         best = keras.models.load_model(os.path.join(out, "model.keras"), compile=False, safe_mode=True)
-        pred = predict_masks(best, [im for im, _ in val_examples], img_size)
-        m = seg_metrics(pred, [mask for _, mask in val_examples])
-        seg_gallery(os.path.join(out, "gallery.png"), val_split, val_examples, pred, m["per_image_dice"])
-        all_background = float(np.mean([common.segmentation_dice(np.zeros_like(mask), mask)
-                                        for _, mask in val_examples]))
-        metrics = {"val_miou": m["miou"], "val_iou": m["iou"], "val_dice": m["dice"],
-                   "all_background_dice": all_background, "val_images": len(val_split),
-                   "epochs_trained": state["epoch"], "best_epoch": state["best_epoch"],
-                   "stopped_by_nan": bool(state["nan_epoch"]), "stopped_by_time_limit": state["time_limited"]}
+        metrics = evaluate_segmenter(best, val_split, val_examples, img_size, out)
+        metrics.update(epochs_trained=state["epoch"], best_epoch=state["best_epoch"],
+                       stopped_by_nan=bool(state["nan_epoch"]), stopped_by_time_limit=state["time_limited"])
         common.write_json(os.path.join(out, "metrics.json"), metrics)
         common.plot_curves(os.path.join(out, "log.csv"), os.path.join(out, "curves.png"),
                            [("loss", ["loss", "val_loss"]), ("mIoU", ["miou", "val_miou"]),
                             ("Dice", ["dice", "val_dice"])],
                            title=f"{arch} segmenter on {split.root} (training crops at {img_size} px)")
         common.finish_run(out, state)
-        print(f"val mIoU {m['miou']:.3f}  val Dice {m['dice']:.3f} (all-background {all_background:.3f}), "
-              f"original resolution; run folder {out}", flush=True)
+        print(f"val mIoU {metrics['val_miou']:.3f}  val Dice {metrics['val_dice']:.3f} "
+              f"(all-background {metrics['all_background_dice']:.3f}), original resolution; run folder {out}",
+              flush=True)
         return best, history
+
+
+def evaluate_segmenter(model, val_split, val_examples, img_size, out):
+    """Validation metrics at original resolution (mIoU, per-class IoU, the competition's
+    segmentation Dice, the all-background baseline) and the gallery PNG."""
+    pred = predict_masks(model, [im for im, _ in val_examples], img_size)
+    m = seg_metrics(pred, [mask for _, mask in val_examples])
+    seg_gallery(os.path.join(out, "gallery.png"), val_split, val_examples, pred, m["per_image_dice"])
+    all_background = float(np.mean([common.segmentation_dice(np.zeros_like(mask), mask) for _, mask in val_examples]))
+    return {"val_miou": m["miou"], "val_iou": m["iou"], "val_dice": m["dice"],
+            "all_background_dice": all_background, "val_images": len(val_split)}
 
 
 def main(argv=None):

@@ -72,9 +72,7 @@ def build(task, model, img_size, stage=2, jit="auto"):
     else:
         net = seg_train.build_unet(None) if model == "unet" else seg_train.build_transfer_unet(None)
         loss = seg_train.SegLoss("ce+dice")
-    backbone_model = common.backbone_of(net)
-    if backbone_model is not None:
-        common.set_backbone_trainable(backbone_model, None if stage == 1 else common.BACKBONES["mobilenetv2"][1])
+    common.set_backbone_trainable(common.backbone_of(net), None if stage == 1 else common.BACKBONES["mobilenetv2"][1])
     net.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=loss, jit_compile=common.jit_flag(jit))
     return net
 

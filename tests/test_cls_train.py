@@ -146,3 +146,28 @@ def test_resume_after_sigkill(demo_dir, tmp_path):
     assert epochs[-1] == 7 and sorted(set(epochs)) == list(range(8))  # every epoch logged
     assert len(epochs) <= 9  # at most one epoch run twice
     check_run_folder(out)
+
+
+def test_label_dice_metric_matches_numpy():
+    rng = np.random.default_rng(4)
+    y = (rng.random((16, 20)) < 0.15).astype(np.float32)
+    y[0] = 0
+    p = rng.random((16, 20)).astype(np.float32)
+    p[0] = 0.1  # empty vs empty scores 1
+    m = cls_train.LabelDice()
+    m.update_state(y, p)
+    assert float(m.result()) == pytest.approx(common.classification_dice(p >= 0.5, y), abs=1e-6)
+    m = cls_train.LabelDice(top1=True)
+    m.update_state(y, p)
+    top1 = (p >= 0.5) | (p == p.max(1, keepdims=True))
+    assert float(m.result()) == pytest.approx(common.classification_dice(top1, y), abs=1e-6)
+    again = cls_train.LabelDice.from_config(m.get_config())
+    assert (again.threshold, again.top1, again.name) == (0.5, True, "dice")
+
+
+def test_average_precision_known_answers():
+    assert cls_train.average_precision([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]) == pytest.approx((1 + 2 / 3) / 2)
+    assert cls_train.average_precision([1, 1, 0], [0.9, 0.8, 0.1]) == 1.0
+    assert np.isnan(cls_train.average_precision([0, 0], [0.3, 0.2]))
+    # tied scores count as one threshold
+    assert cls_train.average_precision([1, 0], [0.5, 0.5]) == pytest.approx(0.5)

@@ -207,48 +207,6 @@ def test_write_submission_is_atomic_and_validated(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]  # no temp files left
 
 
-def test_average_precision_known_answers():
-    assert common.average_precision([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]) == pytest.approx((1 + 2 / 3) / 2)
-    assert common.average_precision([1, 1, 0], [0.9, 0.8, 0.1]) == 1.0
-    assert np.isnan(common.average_precision([0, 0], [0.3, 0.2]))
-    # tied scores count as one threshold
-    assert common.average_precision([1, 0], [0.5, 0.5]) == pytest.approx(0.5)
-
-
-def test_iou_known_answers():
-    true = np.array([[0, 1, 1, 255]])
-    pred = np.array([[0, 1, 2, 2]])
-    cm = common.confusion_matrix(pred, true, num_classes=3)
-    assert cm.sum() == 3  # void ignored
-    miou, per_class = common.iou_from_confusion(cm)
-    assert per_class[0] == 1.0 and per_class[1] == 0.5 and per_class[2] == 0.0
-    assert miou == pytest.approx(0.5)
-
-
-def test_keras_metrics_match_numpy():
-    rng = np.random.default_rng(4)
-    y = (rng.random((16, 20)) < 0.15).astype(np.float32)
-    y[0] = 0
-    p = rng.random((16, 20)).astype(np.float32)
-    p[0] = 0.1  # empty vs empty scores 1
-    m = common.LabelDice()
-    m.update_state(y, p)
-    assert float(m.result()) == pytest.approx(common.classification_dice(p >= 0.5, y), abs=1e-6)
-    m = common.LabelDice(top1=True)
-    m.update_state(y, p)
-    top1 = (p >= 0.5) | (p == p.max(1, keepdims=True))
-    assert float(m.result()) == pytest.approx(common.classification_dice(top1, y), abs=1e-6)
-
-    t = rng.choice([0, 2, 9, 255], size=(3, 6, 7))
-    logits = rng.normal(size=(3, 6, 7, 21)).astype(np.float32)
-    md = common.MaskDice()
-    md.update_state(t, logits)
-    # void pixels (the padding of a training canvas) are ignored on both sides
-    pred = np.where(t == 255, 0, logits.argmax(-1))
-    want = np.mean([common.segmentation_dice(a, b) for a, b in zip(pred, t)])
-    assert float(md.result()) == pytest.approx(want, abs=1e-6)
-
-
 def strict_json(text):
     """json.loads that refuses NaN/Infinity tokens, as JSON readers outside Python do."""
     return json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))

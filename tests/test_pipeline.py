@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 import common
+import seg_train
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +163,7 @@ def test_repeat_factor_sampling(demo_train):
     labels[:, 0] = 1
     labels[3, 5] = 1  # class 5 in 1 of 10 images: sqrt(0.4 / 0.1) = 2 showings
     labels[4, 7] = -1  # unknown labels count as absent
-    np.testing.assert_array_equal(common.repeat_factors(labels, threshold=0.4), [1, 1, 1, 2, 1, 1, 1, 1, 1, 1])
+    np.testing.assert_array_equal(seg_train.repeat_factors(labels, threshold=0.4), [1, 1, 1, 2, 1, 1, 1, 1, 1, 1])
 
     split, examples = demo_train
     repeats = np.ones(len(split), np.int64)

@@ -111,3 +111,25 @@ def test_bad_image_size(demo_dir, tmp_path, capsys):
     assert common.run_cli(seg_train.main, ["--data", demo_dir, "--out", str(tmp_path / "r"), "--img-size", "100"]) == 2
     assert "multiple of 32" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "r")
+
+
+def test_mask_dice_metric_matches_numpy():
+    rng = np.random.default_rng(4)
+    t = rng.choice([0, 2, 9, 255], size=(3, 6, 7))
+    logits = rng.normal(size=(3, 6, 7, 21)).astype(np.float32)
+    md = seg_train.MaskDice()
+    md.update_state(t, logits)
+    # void pixels (the padding of a training canvas) are ignored on both sides
+    pred = np.where(t == 255, 0, logits.argmax(-1))
+    want = np.mean([common.segmentation_dice(a, b) for a, b in zip(pred, t)])
+    assert float(md.result()) == pytest.approx(want, abs=1e-6)
+
+
+def test_iou_known_answers():
+    true = np.array([[0, 1, 1, 255]])
+    pred = np.array([[0, 1, 2, 2]])
+    cm = seg_train.confusion_matrix(pred, true, num_classes=3)
+    assert cm.sum() == 3  # void ignored
+    miou, per_class = seg_train.iou_from_confusion(cm)
+    assert per_class[0] == 1.0 and per_class[1] == 0.5 and per_class[2] == 0.0
+    assert miou == pytest.approx(0.5)
