@@ -224,7 +224,7 @@ def training_table(config, metrics):
     """Markdown table of how a model was trained, from its run's config.json and metrics.json."""
     devices = config.get("devices", {})
     return markdown_table(["setting", "value"], [
-        ("model", f"`{config['model']}`"),
+        ("architecture", f"`{config['arch']}`"),
         ("input", f"{config['img_size']} x {config['img_size']} pixels ({config['fit']})"),
         ("loss", config.get("loss")),
         ("batch, peak learning rate", f"{devices.get('global_batch_size')}, {devices.get('lr')}"),
@@ -249,7 +249,7 @@ def report_cells(out):
     data = read_if_present(out, "data_check/summary.json")
     run = read_if_present(out, "summary.json") or {}
     cls, seg, att = (common.read_json(os.path.join(out, s, "metrics.json")) for s in ("cls", "seg", "attack"))
-    cls_cfg, seg_cfg = (common.read_json(os.path.join(out, s, "config.json")) for s in ("cls", "seg"))
+    cls_cfg, seg_cfg = (common.read_config(os.path.join(out, s, "config.json")) for s in ("cls", "seg"))
     times = run.get("times", {})
     md = lambda text, figures=(): markdown_cell(out, text, figures)  # noqa: E731
     cells = [md(f"# PASCAL VOC 2009: classification, segmentation and an adversarial attack\n\n"
@@ -273,11 +273,11 @@ def report_cells(out):
     cells.append(md(text, [("Training samples: image and mask", "data_check/samples.png")]))
 
     cells.append(md(
-        f"## 2. Classification (20 classes, multi-label)\n\nThe classifier is {MODEL_TEXT[cls_cfg['model']]}. "
+        f"## 2. Classification (20 classes, multi-label)\n\nThe classifier is {MODEL_TEXT[cls_cfg['arch']]}. "
         "Each class has its own threshold, tuned on the validation split for the competition's Dice; when no "
         "class passes its threshold the most probable class is reported (every image shows at least one class). "
         f"This run trained the {'transfer-learned' if cls_cfg.get('backbone') else 'from-scratch'} family; "
-        f"`cls_train.py --model {'scratch' if cls_cfg.get('backbone') else 'mobilenetv2'}` trains the other "
+        f"`cls_train.py --arch {'scratch' if cls_cfg.get('backbone') else 'mobilenetv2'}` trains the other "
         "for comparison.\n\n" + training_table(cls_cfg, cls)))
     cells.append(md("### Learning curves\n\nLoss and Dice of the label sets (the competition's classification "
                     "metric) per epoch, training and validation.", [("Classifier learning curves", "cls/curves.png")]))
@@ -289,8 +289,8 @@ def report_cells(out):
     cells.append(md("### Good and bad cases", [("Best and worst validation images", "cls/gallery.png")]))
 
     cells.append(md(
-        f"## 3. Segmentation (background + 20 classes; 255 = void)\n\nThe segmenter is {MODEL_TEXT[seg_cfg['model']]}. "
-        f"`seg_train.py --model {'unet' if seg_cfg.get('backbone') else 'mobilenetv2_unet'}` trains the other "
+        f"## 3. Segmentation (background + 20 classes; 255 = void)\n\nThe segmenter is {MODEL_TEXT[seg_cfg['arch']]}. "
+        f"`seg_train.py --arch {'unet' if seg_cfg.get('backbone') else 'mobilenetv2_unet'}` trains the other "
         "family for comparison.\n\n" + training_table(seg_cfg, seg)))
     cells.append(md("### Learning curves", [("Segmenter learning curves", "seg/curves.png")]))
     cells.append(md("### Numbers (validation split)\n\n" + markdown_table(["measure", "value"], [
