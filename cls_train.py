@@ -264,7 +264,9 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
     val_fraction: share of the labelled images held out for validation, every class with at
         least 2 images on both sides (default 0.2).
     patience: early stopping on validation Dice, in epochs, per stage (default 10).
-    time_limit: minutes; training stops before an epoch that would end later (default None: no limit).
+    time_limit: minutes (default None: no limit); from the epochs' pace, the stages are shortened
+        in proportion when they cannot all fit, so the cosine schedule still decays fully
+        (common.TimeLimit); metrics.json says epochs_planned and stopped_by_time_limit.
     width: scratch only: filters in the first block, doubled up to 8 x width (default 32).
     seed: seeds the split, the initialisation and the augmentation (default 0).
     resume: continue the interrupted run in `out` from its last finished epoch.
@@ -341,8 +343,9 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
                                   loss=MultiLabelLoss(loss, pos_weights),
                                   metrics=[LabelDice(top1=True, name="dice")], jit_compile=jit_compile)
             checkpoint.state["stage"] = stage
+            callbacks = common.stage_callbacks(out, checkpoint, timer, stage_lr, start, end, epochs, patience)
             fit = model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=end, verbose=verbose,
-                            callbacks=common.stage_callbacks(out, checkpoint, timer, stage_lr, start, end, patience))
+                            callbacks=callbacks)
             for key, values in fit.history.items():
                 history.setdefault(key, []).extend(values)
             if checkpoint.nan_epoch or timer.hit:
@@ -353,7 +356,8 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
         best = keras.models.load_model(os.path.join(out, "model.keras"), compile=False, safe_mode=True)
         metrics = evaluate_classifier(best, val_split, val_examples, train_split, config, out)
         metrics.update(epochs_trained=state["epoch"], best_epoch=state["best_epoch"],
-                       stopped_by_nan=bool(state["nan_epoch"]), stopped_by_time_limit=state["time_limited"])
+                       stopped_by_nan=bool(state["nan_epoch"]), stopped_by_time_limit=state["time_limited"],
+                       epochs_planned=state["epochs_planned"])
         common.write_json(os.path.join(out, "metrics.json"), metrics)
         common.plot_curves(os.path.join(out, "log.csv"), os.path.join(out, "curves.png"),
                            [("loss", ["loss", "val_loss"]), ("Dice (0.5 or top class)", ["dice", "val_dice"])],

@@ -1329,22 +1329,52 @@ class RunCheckpoint(keras.callbacks.Callback):
 
 
 class TimeLimit(keras.callbacks.Callback):
-    """Stop before an epoch that would end past the time limit (minutes, counted from creation;
-    None or 0: no limit). `hit` says whether it stopped training."""
+    """Fit training into a time limit (minutes, counted from creation; None or 0: no limit).
+
+    The learning-rate schedule asks `plan` at the start of every epoch where the stage should
+    end. The last stage (the long one: fine-tuning, or the only one) ends where it was
+    configured to while its remaining epochs fit in the time left at its pace so far (median
+    epoch duration), else earlier, at the last epoch that fits, so that the cosine schedule
+    decays fully by the limit instead of being cut mid-way. Earlier stages (the short frozen-
+    backbone stage) keep their epochs. Training stops at the planned end, and in any case
+    before an epoch that would end past the limit at the slowest pace seen. `hit`: the limit
+    shortened or stopped training; `planned`: the planned epochs in all (None without a limit
+    or before the last stage's first epoch).
+    """
 
     def __init__(self, minutes=None):
         super().__init__()
         self.limit = minutes * 60 if minutes else float("inf")
-        self.start, self.longest, self.hit = time.time(), 0.0, False
+        self.start, self.longest, self.hit, self.planned = time.time(), 0.0, False, None
+        self.stage, self.stage_end, self.durations = None, None, []
+
+    def plan(self, epoch, start, end, final):
+        """The epoch (exclusive, counted from 0) at which the stage of epochs [start, end) should
+        stop, planned at the start of `epoch`; final: the end of the last stage."""
+        if self.stage != (start, end, final):
+            self.stage, self.durations = (start, end, final), []
+        self.stage_end = end
+        if end == final and self.durations and self.limit < float("inf"):
+            pace = float(np.median(self.durations))
+            left = self.limit - (time.time() - self.start)
+            self.stage_end = min(end, epoch + max(1, int(left // pace)))
+            if self.stage_end != self.planned:
+                print(f"time limit: {self.stage_end} of {final} epochs planned ({pace:.0f} s an epoch, "
+                      f"{left / 60:.1f} min left)", flush=True)
+                self.planned = self.stage_end
+        return self.stage_end
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.longest = max(self.longest, time.time() - self.epoch_start)
+        took = time.time() - self.epoch_start
+        self.durations.append(took)
+        self.longest = max(self.longest, took)
+        if epoch + 1 >= self.stage_end and self.stage_end < self.stage[1]:  # planned end before the configured one
+            self.hit = self.model.stop_training = True
         if time.time() - self.start + self.longest > self.limit:
-            self.hit = True
-            self.model.stop_training = True
+            self.hit = self.model.stop_training = True
 
 
 def cosine(lr, start, end, floor=0.02):
@@ -1367,11 +1397,14 @@ def keras_verbosity(verbose=None):
     return (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
 
 
-def stage_callbacks(out, checkpoint, timer, lr, start, end, patience=10, monitor="val_dice"):
-    """The callbacks of one training stage (epochs start+1..end): the run's checkpoint, a cosine
-    learning-rate schedule from lr, the CSV log (appended across stages and resumes), early
-    stopping on `monitor` after `patience` epochs without improvement, and the time limit."""
-    return [checkpoint, keras.callbacks.LearningRateScheduler(cosine(lr, start, end)),
+def stage_callbacks(out, checkpoint, timer, lr, start, end, final, patience=10, monitor="val_dice"):
+    """The callbacks of one training stage (epochs start+1..end of final): the run's checkpoint, a
+    cosine learning-rate schedule from lr down to where the time limit plans the stage to end
+    (TimeLimit.plan; `end` without a limit), the CSV log (appended across stages and resumes),
+    early stopping on `monitor` after `patience` epochs without improvement, and the time limit."""
+    schedule = keras.callbacks.LearningRateScheduler(
+        lambda epoch, _: cosine(lr, start, timer.plan(epoch, start, end, final))(epoch))
+    return [checkpoint, schedule,
             keras.callbacks.CSVLogger(os.path.join(out, "log.csv"), append=True),
             keras.callbacks.EarlyStopping(monitor, mode="max", patience=patience), timer]
 
@@ -1379,7 +1412,8 @@ def stage_callbacks(out, checkpoint, timer, lr, start, end, patience=10, monitor
 def end_training(out, checkpoint, timer):
     """The run's progress after its last stage (state.json's fields, plus nan_epoch and
     time_limited), saying why training stopped early; UserError when no epoch gave a model."""
-    state = dict(checkpoint.state, nan_epoch=checkpoint.nan_epoch, time_limited=timer.hit)
+    state = dict(checkpoint.state, nan_epoch=checkpoint.nan_epoch, time_limited=timer.hit,
+                 epochs_planned=timer.planned)
     state.setdefault("epoch", 0)
     if checkpoint.nan_epoch:
         print(f"stopped: the loss became NaN in epoch {checkpoint.nan_epoch}; keeping the best model "

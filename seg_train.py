@@ -324,7 +324,9 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, epochs=None, 
     repeat_factor: repeat-factor sampling: images of rare classes repeat within an epoch
         (repeat_factors; default False).
     patience: early stopping on validation Dice, in epochs, per stage (default 12).
-    time_limit: minutes; training stops before an epoch that would end later (default None: no limit).
+    time_limit: minutes (default None: no limit); from the epochs' pace, the stages are shortened
+        in proportion when they cannot all fit, so the cosine schedule still decays fully
+        (common.TimeLimit); metrics.json says epochs_planned and stopped_by_time_limit.
     width: unet only: filters at full resolution (default 16; up to 8 x width deeper, 10 x at the bottleneck).
     seed: seeds the split, the initialisation and the augmentation (default 0).
     resume: continue the interrupted run in `out` from its last finished epoch.
@@ -408,8 +410,9 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, epochs=None, 
                                                                  sparse_y_pred=False, name="miou"),
                                            MaskDice(name="dice")], jit_compile=jit_compile)
             checkpoint.state["stage"] = stage
+            callbacks = common.stage_callbacks(out, checkpoint, timer, stage_lr, start, end, epochs, patience)
             fit = model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=end, verbose=verbose,
-                            callbacks=common.stage_callbacks(out, checkpoint, timer, stage_lr, start, end, patience))
+                            callbacks=callbacks)
             for key, values in fit.history.items():
                 history.setdefault(key, []).extend(values)
             if checkpoint.nan_epoch or timer.hit:
@@ -420,7 +423,8 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, epochs=None, 
         best = keras.models.load_model(os.path.join(out, "model.keras"), compile=False, safe_mode=True)
         metrics = evaluate_segmenter(best, val_split, val_examples, img_size, out)
         metrics.update(epochs_trained=state["epoch"], best_epoch=state["best_epoch"],
-                       stopped_by_nan=bool(state["nan_epoch"]), stopped_by_time_limit=state["time_limited"])
+                       stopped_by_nan=bool(state["nan_epoch"]), stopped_by_time_limit=state["time_limited"],
+                       epochs_planned=state["epochs_planned"])
         common.write_json(os.path.join(out, "metrics.json"), metrics)
         common.plot_curves(os.path.join(out, "log.csv"), os.path.join(out, "curves.png"),
                            [("loss", ["loss", "val_loss"]), ("mIoU", ["miou", "val_miou"]),

@@ -1,0 +1,66 @@
+"""common.TimeLimit with the cosine schedule (issue 16): a time-limited run ends its schedule with a
+decayed learning rate instead of being cut mid-way; driven by a fake clock, epoch by epoch, as
+Keras's fit would call the callbacks."""
+
+import keras
+import pytest
+
+import common
+
+
+def run_epochs(monkeypatch, minutes, stages, final, seconds_per_epoch):
+    """Drive TimeLimit and each stage's learning-rate schedule through the stages (start, end, lr)
+    as the training scripts do; returns (timer, [(epoch, learning rate)] of the epochs that ran)."""
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(common.time, "time", lambda: clock["now"])
+    timer = common.TimeLimit(minutes)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    timer.set_model(model)
+    ran = []
+    for start, end, lr in stages:
+        model.stop_training = False
+        schedule = common.stage_callbacks("unused", None, timer, lr, start, end, final)[1].schedule
+        for epoch in range(start, end):
+            ran.append((epoch, schedule(epoch, None)))
+            timer.on_epoch_begin(epoch)
+            clock["now"] += seconds_per_epoch(epoch)
+            timer.on_epoch_end(epoch)
+            if model.stop_training:
+                break
+        if timer.hit:
+            break
+    return timer, ran
+
+
+def test_the_last_stage_is_sized_to_the_time_left_and_its_schedule_decays(monkeypatch):
+    # 10 minutes, 60 s an epoch, 30 epochs configured: 10 fit; without planning epoch 10 would run
+    # at 79% of the peak rate and be the last
+    timer, ran = run_epochs(monkeypatch, 10, [(0, 30, 1e-3)], 30, lambda e: 60.0)
+    assert [e for e, _ in ran] == list(range(10))
+    assert timer.hit and timer.planned == 10
+    assert ran[0][1] == pytest.approx(1e-3)
+    assert ran[-1][1] == pytest.approx(common.cosine(1e-3, 0, 10)(9)) and ran[-1][1] < 0.05 * 1e-3
+    assert all(a[1] > b[1] for a, b in zip(ran, ran[1:]))  # decreasing all the way
+
+
+def test_the_frozen_stage_keeps_its_epochs_and_fine_tuning_gets_the_rest(monkeypatch):
+    # frozen stage 5 epochs at 20 s, then fine-tuning at 60 s an epoch, 15 minutes in all: 100 s +
+    # 13 x 60 s = 880 s fit (13 of the configured 25 fine-tuning epochs)
+    timer, ran = run_epochs(monkeypatch, 15, [(0, 5, 1e-3), (5, 30, 1e-4)], 30,
+                            lambda e: 20.0 if e < 5 else 60.0)
+    epochs = [e for e, _ in ran]
+    assert epochs == list(range(18)) and timer.planned == 18 and timer.hit
+    assert ran[5][1] == pytest.approx(1e-4) and ran[-1][1] < 0.1 * 1e-4
+
+
+def test_without_a_limit_nothing_changes(monkeypatch):
+    timer, ran = run_epochs(monkeypatch, None, [(0, 3, 1e-3), (3, 8, 1e-4)], 8, lambda e: 600.0)
+    assert [e for e, _ in ran] == list(range(8)) and not timer.hit and timer.planned is None
+    assert [lr for _, lr in ran] == [common.cosine(1e-3, 0, 3)(e) for e in range(3)] + \
+        [common.cosine(1e-4, 3, 8)(e) for e in range(3, 8)]
+
+
+def test_an_epoch_that_would_pass_the_limit_is_not_started(monkeypatch):
+    # the pace doubles after 3 epochs: the plan made at the old pace is cut by the safety rule
+    timer, ran = run_epochs(monkeypatch, 10, [(0, 30, 1e-3)], 30, lambda e: 60.0 if e < 3 else 120.0)
+    assert timer.hit and sum(60.0 if e < 3 else 120.0 for e, _ in ran) <= 600
