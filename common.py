@@ -1337,7 +1337,8 @@ class TimeLimit(keras.callbacks.Callback):
     epoch duration), else earlier, at the last epoch that fits, so that the cosine schedule
     decays fully by the limit instead of being cut mid-way. Earlier stages (the short frozen-
     backbone stage) keep their epochs. Training stops at the planned end, and in any case
-    before an epoch that would end past the limit at the slowest pace seen. `hit`: the limit
+    before an epoch that would end past the limit at the pace or the last epoch's duration,
+    whichever is slower. `hit`: the limit
     shortened or stopped training; `planned`: the planned epochs in all (None without a limit
     or before the last stage's first epoch).
     """
@@ -1345,7 +1346,7 @@ class TimeLimit(keras.callbacks.Callback):
     def __init__(self, minutes=None):
         super().__init__()
         self.limit = minutes * 60 if minutes else float("inf")
-        self.start, self.longest, self.hit, self.planned = time.time(), 0.0, False, None
+        self.start, self.hit, self.planned = time.time(), False, None
         self.stage, self.stage_end, self.durations = None, None, []
 
     def plan(self, epoch, start, end, final):
@@ -1358,7 +1359,7 @@ class TimeLimit(keras.callbacks.Callback):
             pace = float(np.median(self.durations))
             left = self.limit - (time.time() - self.start)
             self.stage_end = min(end, epoch + max(1, int(left // pace)))
-            if self.stage_end != self.planned:
+            if self.planned is None or abs(self.stage_end - self.planned) >= max(2, final // 10):  # news only
                 print(f"time limit: {self.stage_end} of {final} epochs planned ({pace:.0f} s an epoch, "
                       f"{left / 60:.1f} min left)", flush=True)
                 self.planned = self.stage_end
@@ -1368,12 +1369,13 @@ class TimeLimit(keras.callbacks.Callback):
         self.epoch_start = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
-        took = time.time() - self.epoch_start
-        self.durations.append(took)
-        self.longest = max(self.longest, took)
+        self.durations.append(time.time() - self.epoch_start)
         if epoch + 1 >= self.stage_end and self.stage_end < self.stage[1]:  # planned end before the configured one
             self.hit = self.model.stop_training = True
-        if time.time() - self.start + self.longest > self.limit:
+        # the next epoch's duration: the pace, or the last epoch's if slower (the first epoch of a
+        # stage, which includes tracing, counts only while it is the only one)
+        upcoming = max(self.durations[-1], float(np.median(self.durations)))
+        if epoch + 1 < self.stage_end and time.time() - self.start + upcoming > self.limit:
             self.hit = self.model.stop_training = True
 
 
