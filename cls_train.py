@@ -27,15 +27,18 @@ CLS_DEFAULTS = {  # per architecture: image size, epochs (total), epochs with th
 # ----------------------------------------------------------------------------------------------
 # Models
 
-def build_scratch(img_size=128, width=32, dropout=0.4):
-    """VGG-like: five blocks of two conv-BN-ReLU layers and max pooling, global average pooling,
-    dropout and 20 sigmoid outputs. Takes float images in [0, 255]."""
+def build_scratch(img_size=128, width=32, dropout=0.4, pools=5):
+    """VGG-like: five blocks of two conv-BN-ReLU layers, max pooling after the first `pools` of
+    them (default 5: all; fewer keep a larger final map at small sizes, e.g. 3 at 64 px: 8 x 8
+    instead of 2 x 2), global average pooling, dropout and 20 sigmoid outputs. Takes float
+    images (B, img_size, img_size, 3) in [0, 255]."""
     inputs = keras.Input((img_size, img_size, 3), name="image")
     x = keras.layers.Rescaling(1 / 255.0, name="preprocess")(inputs)
     for b, filters in enumerate([width, 2 * width, 4 * width, 8 * width, 8 * width]):
         x = common.conv_bn_relu(x, filters, f"block{b + 1}a")
         x = common.conv_bn_relu(x, filters, f"block{b + 1}b")
-        x = keras.layers.MaxPooling2D(name=f"block{b + 1}_pool")(x)
+        if b < pools:
+            x = keras.layers.MaxPooling2D(name=f"block{b + 1}_pool")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(NUM_CLASSES, activation="sigmoid", dtype="float32", name="labels")(x)
@@ -238,7 +241,8 @@ def cls_gallery(path, split, examples, probs, pred, n=6):
 
 def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=None, frozen_epochs=None,
           batch_size=None, lr=None, finetune_lr_factor=0.1, weights="imagenet", backbone="mobilenetv2", loss="bce",
-          pos_weight=True, val_fraction=0.2, patience=10, time_limit=None, width=32, seed=0,
+          pos_weight=True, val_fraction=0.2, patience=10, time_limit=None, width=32, pools=5, dropout=0.4,
+          jitter=True, seed=0,
           resume=False, overwrite=False, strategy="auto", mixed_precision="auto", jit="auto", verbose=None):
     """Train a 20-class multi-label classifier and write its run folder `out`.
 
@@ -268,6 +272,10 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
         in proportion when they cannot all fit, so the cosine schedule still decays fully
         (common.TimeLimit); metrics.json says epochs_planned and stopped_by_time_limit.
     width: scratch only: filters in the first block, doubled up to 8 x width (default 32).
+    pools: scratch only: max-pooling stages, after the first `pools` of the five blocks (default 5).
+    dropout: scratch only: dropout rate before the output layer (default 0.4).
+    jitter: random colour jitter of the training images (default True; off for data whose classes
+        differ by colour, like the demo's).
     seed: seeds the split, the initialisation and the augmentation (default 0).
     resume: continue the interrupted run in `out` from its last finished epoch.
     overwrite: replace an existing `out` (put back if the new run fails before its first epoch).
@@ -308,7 +316,7 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
         train_examples = common.load_examples(train_split, masks=False) if common.cache_fits(split) else None
         val_examples = common.load_examples(val_split, masks=False)
         train_ds = common.make_dataset(train_split, train_examples, img_size, batch_size, training=True, seed=seed,
-                                       fit="resize", scale=(0.8, 1.25))
+                                       fit="resize", scale=(0.8, 1.25), jitter=jitter)
         val_ds = common.make_dataset(val_split, val_examples, img_size, batch_size, fit="resize")
 
         # Model: built new, or the interrupted run's last epoch (optimizer included) with --resume
@@ -316,7 +324,7 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
             if resume:
                 model = common.resume_model(out, state)
             elif arch == "scratch":
-                model = build_scratch(img_size, width)
+                model = build_scratch(img_size, width, dropout, pools)
             else:
                 model = build_transfer(img_size, backbone, weights)
         backbone_model = common.backbone_of(model)  # None for the scratch CNN
@@ -412,6 +420,11 @@ def main(argv=None):
     p.add_argument("--time-limit", type=float, help="stop training after this many minutes")
     p.add_argument("--width", type=int, default=32,
                    help="scratch CNN: filters in the first block (default %(default)s)")
+    p.add_argument("--pools", type=int, default=5,
+                   help="scratch CNN: max-pooling stages, after the first N of 5 blocks (default %(default)s)")
+    p.add_argument("--dropout", type=float, default=0.4,
+                   help="scratch CNN: dropout before the output (default %(default)s)")
+    p.add_argument("--no-jitter", dest="jitter", action="store_false", help="no colour jitter of training images")
     p.add_argument("--seed", type=int, default=0)
     common.add_device_args(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

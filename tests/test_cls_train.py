@@ -74,6 +74,13 @@ def test_scratch_model_beats_constant_baseline(learned_cls):
     assert metrics["val_map"] > 0.25
 
 
+def test_scratch_pools_set_the_final_map():
+    net = cls_train.build_scratch(64, width=4, dropout=0.0, pools=3)  # run_all.QUICK's design
+    assert net.get_layer("block5b_relu").output.shape[1:3] == (8, 8)
+    assert cls_train.build_scratch(64, width=4).get_layer("block5b_relu").output.shape[1:3] == (4, 4)
+    assert net(np.zeros((1, 64, 64, 3), np.float32)).shape == (1, 20)
+
+
 def test_decide_gives_every_image_its_top_class():
     probs = np.array([[0.1, 0.3, 0.2], [0.9, 0.8, 0.1]])
     np.testing.assert_array_equal(cls_train.decide(probs, [0.5, 0.5, 0.5]), [[0, 1, 0], [1, 1, 0]])
