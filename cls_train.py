@@ -187,6 +187,30 @@ def tune_thresholds(probs, labels, grid=THRESHOLD_GRID, min_positives=3, passes=
     return thresholds, best
 
 
+def out_of_fold_dice(probs, labels, folds=5, seed=0, resamples=2000):
+    """An honest estimate of the Dice that tune_thresholds' thresholds reach on images they were
+    not tuned on: the images are cut into `folds` parts, each part is decided with thresholds tuned
+    on the others, and the per-image Dice of those decisions is averaged (k-fold cross-validation
+    of the tuning; the Dice at thresholds tuned on all images counts them twice and overstates it:
+    on the demo 0.889 tuned, 0.807 out of fold, 0.768 on the test split).
+
+    probs: (N, 20) probabilities; labels: (N, 20) 0/1. Returns (mean Dice, (low, high)): the 95%
+    percentile-bootstrap interval of the mean over `resamples` resamplings of the images.
+    """
+    truth = np.asarray(labels) > 0
+    if len(probs) < 2:  # nothing to tune on for the only image
+        return float("nan"), (float("nan"), float("nan"))
+    order = np.random.default_rng(seed).permutation(len(probs))
+    pred = np.zeros_like(truth)
+    for k in range(min(folds, len(probs))):
+        held = order[k::folds]
+        thresholds, _ = tune_thresholds(probs[np.setdiff1d(order, held)], truth[np.setdiff1d(order, held)])
+        pred[held] = decide(probs[held], thresholds)
+    per_image = np.array([common.dice(p, t) for p, t in zip(pred, truth)])
+    means = np.random.default_rng(seed).choice(per_image, (resamples, len(per_image))).mean(1)
+    return float(per_image.mean()), (float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)))
+
+
 # ----------------------------------------------------------------------------------------------
 # Prediction helpers (also used by predict.py and attack.py)
 
@@ -372,7 +396,8 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
                            title=f"{arch} classifier, {split.root}")
         common.finish_run(out, state)
         print(f"val mAP {metrics['val_map']:.3f}  val Dice@0.5 {metrics['val_dice_at_0.5']:.3f}  "
-              f"val Dice (tuned thresholds) {metrics['val_dice_tuned']:.3f}  "
+              f"val Dice (tuned thresholds) {metrics['val_dice_tuned']:.3f}, out of fold "
+              f"{metrics['val_dice_out_of_fold']:.3f}  "
               f"(constant baseline {metrics['baseline_dice']:.3f}); run folder {out}", flush=True)
         return best, history
 
@@ -383,6 +408,7 @@ def evaluate_classifier(model, val_split, val_examples, train_split, config, out
     truth = val_split.labels > 0
     val_map, per_class_ap = mean_average_precision(truth, probs)
     thresholds, tuned = tune_thresholds(probs, truth)
+    oof, oof_ci = out_of_fold_dice(probs, truth)
     common.write_json(os.path.join(out, "thresholds.json"),
                       {"thresholds": thresholds.tolist(), "classes": list(CLASSES),
                        "rule": "label = prob >= threshold; an image with none gets its top class"})
@@ -393,7 +419,8 @@ def evaluate_classifier(model, val_split, val_examples, train_split, config, out
     return {"val_map": val_map, "val_ap": dict(zip(CLASSES, per_class_ap)),
             "val_dice_at_0.5": common.classification_dice(probs >= 0.5, truth),
             "val_dice_at_0.5_top1": common.classification_dice(decide(probs, np.full(NUM_CLASSES, 0.5)), truth),
-            "val_dice_tuned": tuned, "baseline_dice": baseline, "val_images": len(val_split)}
+            "val_dice_tuned": tuned, "val_dice_out_of_fold": oof, "val_dice_out_of_fold_95ci": oof_ci,
+            "baseline_dice": baseline, "val_images": len(val_split)}
 
 
 def main(argv=None):

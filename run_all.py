@@ -100,6 +100,12 @@ def num(x, spec=".3f"):
     return "n/a" if x is None else format(x, spec)
 
 
+def oof_text(cls):
+    """The classifier's out-of-fold Dice with its 95% interval (n/a for runs made before it existed)."""
+    lo, hi = cls.get("val_dice_out_of_fold_95ci") or (None, None)
+    return f"{num(cls.get('val_dice_out_of_fold'))} [{num(lo)}, {num(hi)}]"
+
+
 def write_summary(out, root, scores, val_scores, submission, times):
     """summary.md: the numbers of every stage and links to every figure."""
     cls = common.read_json(os.path.join(out, "cls", "metrics.json"))
@@ -111,7 +117,7 @@ def write_summary(out, root, scores, val_scores, submission, times):
              "## Numbers", "", "| what | value |", "|---|---|",
              f"| classifier val mAP | {num(cls['val_map'])} |",
              f"| classifier val Dice (tuned thresholds) | {num(cls['val_dice_tuned'])} "
-             f"(constant baseline {num(cls['baseline_dice'])}) |",
+             f"(out of fold {oof_text(cls)}; constant baseline {num(cls['baseline_dice'])}) |",
              f"| segmenter val mIoU | {num(seg['val_miou'])} |",
              f"| segmenter val Dice (segmentation half) | {num(seg['val_dice'])} |"]
     for name, s in (("validation split", val_scores), ("test split", scores)):
@@ -288,6 +294,7 @@ def report_cells(out):
     cells.append(md("### Numbers (validation split)\n\n" + markdown_table(["measure", "value"], [
         ("mAP", num(cls["val_map"])), ("Dice at threshold 0.5", num(cls["val_dice_at_0.5"])),
         ("Dice at tuned thresholds (tuned on these images: optimistic)", num(cls["val_dice_tuned"])),
+        ("Dice out of fold: each fifth decided by thresholds tuned on the rest (95% interval)", oof_text(cls)),
         ("Dice of the best constant label set (baseline)", num(cls["baseline_dice"]))])
         + f"\n\nAverage precision per class, {best_and_worst(cls['val_ap'])}."))
     cells.append(md("### Good and bad cases", [("Best and worst validation images", "cls/gallery.png")]))
@@ -345,7 +352,8 @@ def report_cells(out):
                                                    "_(no scored split in this run)_"),
                     [("Test predictions", "predict/gallery.png"),
                      ("Validation predictions", "predict_val/gallery.png")]))
-    facts = [f"classifier val Dice {num(cls['val_dice_tuned'])} (constant baseline {num(cls['baseline_dice'])})",
+    facts = [f"classifier val Dice {num(cls['val_dice_tuned'])}, out of fold {num(cls.get('val_dice_out_of_fold'))} "
+             f"(constant baseline {num(cls['baseline_dice'])})",
              f"segmenter val Dice {num(seg['val_dice'])}, mean IoU {num(seg['val_miou'])}"]
     gen, pgd = att["held_out"].get("generator"), att["held_out"].get("pgd10")
     if gen and pgd:
