@@ -74,7 +74,8 @@ def main():
         m = r["metrics"]
         if "val_map" in m:
             numbers = (f"mAP {m['val_map']:.3f}, Dice@0.5 {m['val_dice_at_0.5']:.3f}, Dice tuned "
-                       f"{m['val_dice_tuned']:.3f} (constant baseline {m['baseline_dice']:.3f})")
+                       f"{m['val_dice_tuned']:.3f}, out of fold {m.get('val_dice_out_of_fold', float('nan')):.3f} "
+                       f"(constant baseline {m['baseline_dice']:.3f})")
         else:
             numbers = (f"mIoU {m['val_miou']:.3f}, seg Dice {m['val_dice']:.3f} "
                        f"(all-background {m['all_background_dice']:.3f})")
