@@ -67,17 +67,26 @@ def project(delta, eps, l2=None):
 
 
 def squash_into_budget(raw, eps, l2=None):
-    """The generator's bound: delta = eps * tanh(2 raw / rms(raw)) per image (B, H, W, 3), levels
-    out of 255, then scaled into the L2 ball of radius l2 (pixel units) if given.
+    """The generator's bound on its raw output (B, H, W, 3): a perturbation in levels out of 255
+    within L-inf eps and, if given, within the L2 radius l2 (pixel units).
 
-    Dividing by each image's root-mean-square keeps the tanh in its responsive range whatever
-    the scale the network drifts to, so it cannot saturate (a plain eps * tanh(raw) ends with
-    every pixel at +-eps and no gradient), and about 80% of the budget is used at a typical pixel
-    (scaling raw by eps / max|raw| instead leaves a typical pixel at under a fifth of eps, as
-    one peak sets the scale). Returns a tensor of raw's shape, |delta| < eps everywhere."""
+    L-inf only: delta = eps * tanh(2 raw / rms(raw)) per image. Dividing by each image's
+    root-mean-square keeps the tanh in its responsive range whatever the scale the network
+    drifts to, so it cannot saturate (a plain eps * tanh(raw) ends with every pixel at +-eps and
+    no gradient), and about 80% of the budget is used at a typical pixel (scaling raw by
+    eps / max|raw| instead leaves a typical pixel at under a fifth of eps, as one peak sets the
+    scale).
+    With l2: delta = raw * l2 / ||raw||, clipped to +-eps: on the L2 sphere (inside it where
+    the clip bites), shaped as the raw output, so the generator can put its energy where it
+    works, as an L2 PGD step does (the tanh form spreads it evenly over the image and then
+    shrinks it: 2% held-out success for aeroplane at PSNR 35 dB, where PGD-10 got 86%).
+    Returns a tensor of raw's shape, |delta| <= eps everywhere."""
     ops = keras.ops
+    if l2 is not None:
+        norm = ops.sqrt(ops.sum(ops.square(raw), axis=(1, 2, 3), keepdims=True))
+        return ops.clip(raw * (l2 / ops.maximum(norm, 1e-12)), -eps, eps)
     rms = ops.sqrt(ops.mean(ops.square(raw), axis=(1, 2, 3), keepdims=True))
-    return project(eps * ops.tanh(2.0 * raw / ops.maximum(rms, 1e-12)), eps, l2)
+    return eps * ops.tanh(2.0 * raw / ops.maximum(rms, 1e-12))
 
 
 def perturb(images, delta):

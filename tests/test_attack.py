@@ -56,6 +56,19 @@ def test_every_budget_holds_exactly_for_every_image(eps, psnr_min):
         pytest.approx(35.0, abs=1e-3)
 
 
+def test_the_l2_budget_keeps_the_shape_of_the_raw_output():
+    # energy on a few pixels stays there (an L2 attack concentrates it), scaled onto the sphere
+    raw = np.zeros((2, 8, 8, 3), np.float32)
+    raw[0, 2, 3] = [5.0, -1.0, 0.0]
+    raw[1] = np.random.default_rng(0).normal(size=(8, 8, 3))
+    delta = np.asarray(attack.squash_into_budget(tf.constant(raw), 255.0, l2=10.0))
+    np.testing.assert_allclose(delta, raw * 10.0 / np.sqrt((raw ** 2).sum((1, 2, 3), keepdims=True)), rtol=1e-5)
+    # where a pixel would pass eps it is clipped: inside both balls
+    delta = np.asarray(attack.squash_into_budget(tf.constant(raw), 4.0, l2=10.0))
+    assert np.abs(delta).max() <= 4.0 and np.sqrt((delta ** 2).sum((1, 2, 3))).max() <= 10.0 + 1e-4
+    assert delta[0, 2, 3, 0] == 4.0 and delta[0].sum() == pytest.approx(4.0 - 10.0 / np.sqrt(26.0))
+
+
 def _LogitModel():
     """A tiny classifier with the `labels` head every project classifier has (margin tests pass
     logits directly; the model is never called)."""
