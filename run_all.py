@@ -105,8 +105,10 @@ def num(x, spec=".3f"):
 
 def oof_text(cls):
     """The classifier's out-of-fold Dice with its 95% interval (n/a for runs made before it existed)."""
-    lo, hi = cls.get("val_dice_out_of_fold_95ci") or (None, None)
-    return f"{num(cls.get('val_dice_out_of_fold'))} [{num(lo)}, {num(hi)}]"
+    if cls.get("val_dice_out_of_fold") is None:
+        return "n/a"
+    lo, hi = cls["val_dice_out_of_fold_95ci"]
+    return f"{num(cls['val_dice_out_of_fold'])} [{num(lo)}, {num(hi)}]"
 
 
 def write_summary(out, root, scores, val_scores, submission, times):
