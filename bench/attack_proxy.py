@@ -30,6 +30,8 @@ RUNS = {
     "cls_untargeted_eps8_40ep": dict(target=CLS, goal="cls_untargeted", eps=8.0, epochs=40, budgets=[4.0, 12.0, 16.0]),
     "seg_targeted_eps16": dict(target=SEG, goal="seg_targeted", target_class="chair", eps=16.0, epochs=10,
                                max_train=320, max_eval=100),
+    # probe: is the plateau (training success = held-out) capacity? the 10-epoch run at twice the width
+    "cls_untargeted_eps8_w32": dict(target=CLS, goal="cls_untargeted", eps=8.0, epochs=10, width=32),
     # trained at 8/255 (the generator trained at 16/255 and rescaled to 8/255 got 6%)
     "cls_targeted_eps8": dict(target=CLS, goal="cls_targeted", target_class="aeroplane", eps=8.0, epochs=10,
                               budgets=[16.0]),
