@@ -92,7 +92,6 @@ class MultiLabelLoss(keras.losses.Loss):
         return {**super().get_config(), "kind": self.kind, "pos_weight": self.pos_weight}
 
 
-
 @keras.saving.register_keras_serializable("voc")
 class LabelDice(keras.metrics.Mean):
     """Training metric: the mean per-image competition Dice of multi-label predictions (B, 20)
@@ -146,7 +145,6 @@ def mean_average_precision(y_true, scores):
     """(mAP over classes with positives, per-class AP list)."""
     per_class = [average_precision(y_true[:, c], scores[:, c]) for c in range(y_true.shape[1])]
     return float(np.nanmean(per_class)), per_class
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,7 +202,8 @@ def out_of_fold_dice(probs, labels, folds=5, seed=0, resamples=2000):
     pred = np.zeros_like(truth)
     for k in range(min(folds, len(probs))):
         held = order[k::folds]
-        thresholds, _ = tune_thresholds(probs[np.setdiff1d(order, held)], truth[np.setdiff1d(order, held)])
+        rest = np.setdiff1d(order, held)
+        thresholds, _ = tune_thresholds(probs[rest], truth[rest])
         pred[held] = decide(probs[held], thresholds)
     per_image = np.array([common.dice(p, t) for p, t in zip(pred, truth)])
     means = np.random.default_rng(seed).choice(per_image, (resamples, len(per_image))).mean(1)
@@ -292,9 +291,10 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
     val_fraction: share of the labelled images held out for validation, every class with at
         least 2 images on both sides (default 0.2).
     patience: early stopping on validation Dice, in epochs, per stage (default 10).
-    time_limit: minutes (default None: no limit); from the epochs' pace, the stages are shortened
-        in proportion when they cannot all fit, so the cosine schedule still decays fully
-        (common.TimeLimit); metrics.json says epochs_planned and stopped_by_time_limit.
+    time_limit: minutes (default None: no limit); from the epochs' pace, the last stage is
+        shortened to the epochs that fit, so its cosine schedule still decays fully (the frozen
+        stage keeps its epochs; common.TimeLimit); metrics.json says epochs_planned and
+        stopped_by_time_limit.
     width: scratch only: filters in the first block, doubled up to 8 x width (default 32).
     pools: scratch only: max-pooling stages, after the first `pools` of the five blocks (default 5).
     dropout: scratch only: dropout rate before the output layer (default 0.4).

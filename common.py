@@ -1338,9 +1338,8 @@ class TimeLimit(keras.callbacks.Callback):
     decays fully by the limit instead of being cut mid-way. Earlier stages (the short frozen-
     backbone stage) keep their epochs. Training stops at the planned end, and in any case
     before an epoch that would end past the limit at the pace or the last epoch's duration,
-    whichever is slower. `hit`: the limit
-    shortened or stopped training; `planned`: the planned epochs in all (None without a limit
-    or before the last stage's first epoch).
+    whichever is slower. `hit`: the limit shortened or stopped training; `planned`: the planned
+    epochs in all (None without a limit or before the last stage's first epoch).
     """
 
     def __init__(self, minutes=None):

@@ -149,8 +149,8 @@ def write_summary(out, root, scores, val_scores, submission, times):
         if os.path.isfile(os.path.join(out, rel)):
             lines += [f"### {title}", "", f"![{title}]({rel})", ""]
     common.atomic_write(os.path.join(out, "summary.md"), lambda f: f.write("\n".join(lines) + "\n"))
-    common.write_json(os.path.join(out, "summary.json"), {"root": root, "test": scores, "val": val_scores,
-                                                          "times": times, "machine": machine()})
+    # the scores stay in predict*/scores.json; this keeps what no other file of the run holds
+    common.write_json(os.path.join(out, "summary.json"), {"root": root, "times": times, "machine": machine()})
     return {"cls": cls, "seg": seg, "attack": att, "test": scores, "val": val_scores, "times": times}
 
 

@@ -125,7 +125,6 @@ class SegLoss(keras.losses.Loss):
         return {**super().get_config(), "kind": self.kind}
 
 
-
 @keras.saving.register_keras_serializable("voc")
 class MaskDice(keras.metrics.Mean):
     """Training metric: the mean per-image segmentation Dice (on the 20-class stack) of argmax
@@ -159,7 +158,6 @@ def repeat_factors(labels, threshold=0.1):
     freq = np.maximum(present.mean(0), 1e-12)
     per_class = np.maximum(1.0, np.sqrt(threshold / freq))
     return np.round(np.max(np.where(present, per_class, 1.0), axis=1)).astype(np.int64)
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,7 +262,6 @@ def iou_from_confusion(cm):
     return float(np.nanmean(iou)), iou.tolist()
 
 
-
 def seg_metrics(pred_masks, true_masks):
     """Original-resolution metrics: mIoU and per-class IoU (void ignored), competition Dice."""
     cm = sum(confusion_matrix(p, t) for p, t in zip(pred_masks, true_masks))
@@ -324,9 +321,10 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, epochs=None, 
     repeat_factor: repeat-factor sampling: images of rare classes repeat within an epoch
         (repeat_factors; default False).
     patience: early stopping on validation Dice, in epochs, per stage (default 12).
-    time_limit: minutes (default None: no limit); from the epochs' pace, the stages are shortened
-        in proportion when they cannot all fit, so the cosine schedule still decays fully
-        (common.TimeLimit); metrics.json says epochs_planned and stopped_by_time_limit.
+    time_limit: minutes (default None: no limit); from the epochs' pace, the last stage is
+        shortened to the epochs that fit, so its cosine schedule still decays fully (the frozen
+        stage keeps its epochs; common.TimeLimit); metrics.json says epochs_planned and
+        stopped_by_time_limit.
     width: unet only: filters at full resolution (default 16; up to 8 x width deeper, 10 x at the bottleneck).
     seed: seeds the split, the initialisation and the augmentation (default 0).
     resume: continue the interrupted run in `out` from its last finished epoch.
