@@ -584,8 +584,8 @@ def summary_line(name, r, budget_note=""):
 
 
 def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr_min=None, epochs=10,
-        batch_size=16, lr=1e-3, width=16, augment=True, out="runs/attack", data=None, transfer=None, pgd_steps=10,
-        hybrid_steps=0, budgets=(), max_train=None, max_eval=None, seed=0, overwrite=False, verbose=None):
+        time_limit=None, batch_size=16, lr=1e-3, width=16, augment=True, out="runs/attack", data=None, transfer=None,
+        pgd_steps=10, hybrid_steps=0, budgets=(), max_train=None, max_eval=None, seed=0, overwrite=False, verbose=None):
     """Train a perturbation generator for one goal against a frozen model, evaluate it on held-out
     images beside a random-noise control, FGSM and PGD, and write the run folder `out`.
 
@@ -596,7 +596,10 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
     target_class: class name (default aeroplane for cls_targeted, chair for seg_targeted).
     eps: L-inf budget, levels out of 255 (default 8). psnr_min: also keep the PSNR of every
         perturbed image at least this many dB (default None: L-inf only).
-    epochs, batch_size, lr: generator training (Adam, cosine decay to 0 over all steps).
+    epochs, batch_size, lr: generator training (Adam, cosine decay per epoch from lr to 2% of it).
+    time_limit: minutes of generator training (default None: no limit); from the epochs' pace the
+        schedule is shortened to the epochs that fit, so that it still decays fully
+        (`common.TimeLimit`); metrics.json says how many epochs ran and were planned.
     width: generator filters at full resolution (default 16). augment: random mirror and shift
         of each training batch (default True).
     data: dataset folder (default: the one in the target run's config). transfer: another run
@@ -621,6 +624,8 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
         raise common.UserError("--eps and --budgets must be in (0, 255] (levels out of 255)")
     if psnr_min is not None and psnr_min <= 0:
         raise common.UserError("--psnr-min must be positive (dB)")
+    if time_limit is not None and time_limit <= 0:
+        raise common.UserError("--time-limit must be positive (minutes)")
     if width < 1 or epochs < 1 or pgd_steps < 1:
         raise common.UserError("--width, --epochs and --pgd-steps must be at least 1")
     verbose = common.keras_verbosity(verbose)
@@ -640,17 +645,20 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
         # Training: the generator against the frozen target, custom train_step, compile and fit
         generator = build_generator(feature_taps(the_goal.target, size), eps, psnr_min, width)
         trainer = GeneratorAttack(generator, the_goal, augment)
-        steps = epochs * math.ceil(len(train_images) / batch_size)
-        trainer.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(lr, steps)))
+        trainer.compile(optimizer=keras.optimizers.Adam(lr))
+        timer = common.TimeLimit(time_limit)  # plans the last epoch from the pace so far
+        schedule = keras.callbacks.LearningRateScheduler(
+            lambda epoch, _: common.cosine(lr, 0, timer.plan(epoch, 0, epochs, epochs))(epoch))
         weights_before = [w.copy() for w in the_goal.target.get_weights()]
         ds = (tf.data.Dataset.from_tensor_slices(train_images).shuffle(len(train_images), seed=seed)
               .batch(batch_size).prefetch(tf.data.AUTOTUNE))
         val_ds = tf.data.Dataset.from_tensor_slices(val_images).batch(2 * batch_size)
         t = time.time()
         history = trainer.fit(ds, epochs=epochs, verbose=verbose, validation_data=val_ds,
-                              callbacks=[ImageGradients(len(train_images)),
-                                         keras.callbacks.CSVLogger(os.path.join(out, "log.csv"))])
+                              callbacks=[schedule, ImageGradients(len(train_images)),
+                                         keras.callbacks.CSVLogger(os.path.join(out, "log.csv")), timer])
         train_seconds = time.time() - t
+        epochs_trained = len(history.history["attack_loss"])
         common.plot_curves(os.path.join(out, "log.csv"), os.path.join(out, "curves.png"),
                            [("attack loss", ["attack_loss", "val_attack_loss"]),
                             ("success (margin 0)", ["success", "val_success"])],
@@ -687,10 +695,12 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
             print(f"budget {b:g}/255: generator (rescaled) {budget_table[f'{b:g}']['generator_rescaled']:.3f}, "
                   f"{pgd} {budget_table[f'{b:g}'][pgd]:.3f}", flush=True)
         metrics = {"goal": goal, "target_class": target_class, "target_run": target, "transfer_run": transfer,
-                   "eps_255": eps, "psnr_min": psnr_min, "l2_radius": l2, "epochs": epochs, "width": width,
+                   "eps_255": eps, "psnr_min": psnr_min, "l2_radius": l2, "epochs": epochs_trained,
+                   "epochs_configured": epochs, "epochs_planned": timer.planned, "time_limit_minutes": time_limit,
+                   "stopped_by_time_limit": timer.hit, "width": width,
                    "augment": augment, "lr": lr, "batch_size": batch_size, "train_images": len(train_images),
                    "held_out_images": len(val_images), "train_seconds": train_seconds,
-                   "train_image_gradients": epochs * len(train_images), "target_weights_unchanged": unchanged,
+                   "train_image_gradients": epochs_trained * len(train_images), "target_weights_unchanged": unchanged,
                    "success_rule": ("cls_train.decide (as predict.py)" if the_goal.task == "classification"
                                     else f"share of the box labelled the class >= {REGION_SUCCESS}"),
                    "final_epoch": {k: float(v[-1]) for k, v in history.history.items()}, "held_out": results,
@@ -713,6 +723,8 @@ def main(argv=None):
     p.add_argument("--eps", type=float, default=8.0, help="L-inf budget in levels out of 255 (default %(default)s)")
     p.add_argument("--psnr-min", type=float, help="also keep every perturbed image at this PSNR or more (dB)")
     p.add_argument("--epochs", type=int, default=10, help="generator training epochs (default %(default)s)")
+    p.add_argument("--time-limit", type=float,
+                   help="minutes of generator training; the schedule is fitted to it (default: no limit)")
     p.add_argument("--batch-size", type=int, default=16, help="default %(default)s")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, cosine decay (default %(default)s)")
     p.add_argument("--width", type=int, default=16, help="generator filters at full resolution (default %(default)s)")
