@@ -596,7 +596,7 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
     target_class: class name (default aeroplane for cls_targeted, chair for seg_targeted).
     eps: L-inf budget, levels out of 255 (default 8). psnr_min: also keep the PSNR of every
         perturbed image at least this many dB (default None: L-inf only).
-    epochs, batch_size, lr: generator training (Adam, cosine decay per epoch from lr to 2% of it).
+    epochs, batch_size, lr: generator training (Adam, cosine decay per epoch from lr towards 2% of it).
     time_limit: minutes of generator training (default None: no limit); from the epochs' pace the
         schedule is shortened to the epochs that fit, so that it still decays fully
         (`common.TimeLimit`); metrics.json says how many epochs ran and were planned.

@@ -1346,7 +1346,7 @@ class TimeLimit(keras.callbacks.Callback):
         super().__init__()
         self.limit = minutes * 60 if minutes else float("inf")
         self.start, self.hit, self.planned = time.time(), False, None
-        self.stage, self.stage_end, self.durations = None, None, []
+        self.stage, self.stage_end, self.durations, self.printed = None, None, [], None
 
     def plan(self, epoch, start, end, final):
         """The epoch (exclusive, counted from 0) at which the stage of epochs [start, end) should
@@ -1358,10 +1358,11 @@ class TimeLimit(keras.callbacks.Callback):
             pace = float(np.median(self.durations))
             left = self.limit - (time.time() - self.start)
             self.stage_end = min(end, epoch + max(1, int(left // pace)))
-            if self.planned is None or abs(self.stage_end - self.planned) >= max(2, final // 10):  # news only
+            if self.printed is None or abs(self.stage_end - self.printed) >= max(2, final // 10):  # news only
                 print(f"time limit: {self.stage_end} of {final} epochs planned ({pace:.0f} s an epoch, "
                       f"{left / 60:.1f} min left)", flush=True)
-                self.planned = self.stage_end
+                self.printed = self.stage_end
+            self.planned = self.stage_end
         return self.stage_end
 
     def on_epoch_begin(self, epoch, logs=None):

@@ -18,6 +18,7 @@ bench/results/holdout_proxy.json, and prints a table.
 import argparse
 import os
 import platform
+import shutil
 import sys
 import time
 
@@ -40,6 +41,7 @@ def make_holdout_data(proxy, root):
     (N, 20) int8)."""
     split = common.load_split(proxy, "train")
     keep, held = common.train_val_split(split.labels, HOLDOUT_FRACTION, HOLDOUT_SEED)
+    shutil.rmtree(root, ignore_errors=True)  # no mask link left from another draw may leak a held-out photo
     sets = os.path.join(root, "ImageSets", "Segmentation")
     masks_dir = os.path.join(root, "SegmentationClass")
     os.makedirs(sets, exist_ok=True)

@@ -64,3 +64,10 @@ def test_an_epoch_that_would_pass_the_limit_is_not_started(monkeypatch):
     # the pace doubles after 3 epochs: the plan made at the old pace is cut by the safety rule
     timer, ran = run_epochs(monkeypatch, 10, [(0, 30, 1e-3)], 30, lambda e: 60.0 if e < 3 else 120.0)
     assert timer.hit and sum(60.0 if e < 3 else 120.0 for e, _ in ran) <= 600
+
+
+def test_the_recorded_plan_is_the_last_one_even_when_it_moves_by_one_epoch(monkeypatch):
+    # the pace slows from 50 to 58 s an epoch: the plan moves from 12 to 11 epochs, too little to be
+    # printed again, but epochs_planned must still be the plan the run ended by
+    timer, ran = run_epochs(monkeypatch, 10, [(0, 30, 1e-3)], 30, lambda e: 50.0 if e < 6 else 58.0)
+    assert timer.planned == len(ran) == timer.stage_end, (timer.planned, len(ran), timer.stage_end)
