@@ -647,8 +647,7 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
         trainer = GeneratorAttack(generator, the_goal, augment)
         trainer.compile(optimizer=keras.optimizers.Adam(lr))
         timer = common.TimeLimit(time_limit)  # plans the last epoch from the pace so far
-        schedule = keras.callbacks.LearningRateScheduler(
-            lambda epoch, _: common.cosine(lr, 0, timer.plan(epoch, 0, epochs, epochs))(epoch))
+        schedule = common.planned_cosine(timer, lr, 0, epochs, epochs)
         weights_before = [w.copy() for w in the_goal.target.get_weights()]
         ds = (tf.data.Dataset.from_tensor_slices(train_images).shuffle(len(train_images), seed=seed)
               .batch(batch_size).prefetch(tf.data.AUTOTUNE))

@@ -1399,14 +1399,20 @@ def keras_verbosity(verbose=None):
     return (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
 
 
+def planned_cosine(timer, lr, start, end, final):
+    """A LearningRateScheduler for the stage of epochs [start, end) of `final`: cosine from lr down
+    to where the TimeLimit `timer` plans the stage to end (TimeLimit.plan; `end` without a limit).
+    Put it before `timer` in the callbacks."""
+    return keras.callbacks.LearningRateScheduler(
+        lambda epoch, _: cosine(lr, start, timer.plan(epoch, start, end, final))(epoch))
+
+
 def stage_callbacks(out, checkpoint, timer, lr, start, end, final, patience=10, monitor="val_dice"):
     """The callbacks of one training stage (epochs start+1..end of final): the run's checkpoint, a
-    cosine learning-rate schedule from lr down to where the time limit plans the stage to end
-    (TimeLimit.plan; `end` without a limit), the CSV log (appended across stages and resumes),
-    early stopping on `monitor` after `patience` epochs without improvement, and the time limit."""
-    schedule = keras.callbacks.LearningRateScheduler(
-        lambda epoch, _: cosine(lr, start, timer.plan(epoch, start, end, final))(epoch))
-    return [checkpoint, schedule,
+    cosine learning-rate schedule sized by the time limit (`planned_cosine`), the CSV log
+    (appended across stages and resumes), early stopping on `monitor` after `patience` epochs
+    without improvement, and the time limit."""
+    return [checkpoint, planned_cosine(timer, lr, start, end, final),
             keras.callbacks.CSVLogger(os.path.join(out, "log.csv"), append=True),
             keras.callbacks.EarlyStopping(monitor, mode="max", patience=patience), timer]
 

@@ -34,8 +34,7 @@ QUICK = {  # scratch models sized to finish the demo in minutes on a laptop CPU
     "seg": dict(arch="unet", img_size=96, epochs=20, width=16, batch_size=8),
     # attack: at 8/255 the generator stays at the noise level against this classifier (12%, random
     # signs 9%, PGD-10 88%; 20 and 40 epochs); at 16/255 it learns: 49% after 20 epochs, 56% after 40
-    # (54% with the per-epoch cosine schedule attack.py uses since the time limit)
-    # (PGD-10 95%)
+    # (PGD-10 95%); 54% with the per-epoch cosine schedule attack.py uses since its time limit
     "attack": dict(goal="cls_targeted", eps=16.0, epochs=40, lr=3e-3),
 }
 TRANSFER = {

@@ -37,22 +37,18 @@ def make_holdout_data(proxy, root):
     """A VOC-layout folder at `root` whose training split is the proxy's labelled photos minus a
     stratified HOLDOUT_FRACTION (`common.train_val_split`) and whose test split is that held-out
     part (no masks there, so every tool treats it as unlabelled), plus root/solution.csv with the
-    held-out truth. Files are symbolic links to the proxy's. Returns (held-out ids, their labels
-    (N, 20) int8)."""
+    held-out truth. Files are symbolic links to the proxy's; `root` is rebuilt from scratch.
+    Returns the held-out photos' labels (N, 20) int8."""
     split = common.load_split(proxy, "train")
     keep, held = common.train_val_split(split.labels, HOLDOUT_FRACTION, HOLDOUT_SEED)
     shutil.rmtree(root, ignore_errors=True)  # no mask link left from another draw may leak a held-out photo
     sets = os.path.join(root, "ImageSets", "Segmentation")
     masks_dir = os.path.join(root, "SegmentationClass")
-    os.makedirs(sets, exist_ok=True)
-    os.makedirs(masks_dir, exist_ok=True)
-    images_dir = os.path.join(root, "JPEGImages")
-    if not os.path.exists(images_dir):
-        os.symlink(os.path.abspath(os.path.join(split.root, "JPEGImages")), images_dir)
+    os.makedirs(sets)
+    os.makedirs(masks_dir)
+    os.symlink(os.path.abspath(os.path.join(split.root, "JPEGImages")), os.path.join(root, "JPEGImages"))
     for i in keep:
-        link = os.path.join(masks_dir, f"{split.ids[i]}.png")
-        if not os.path.exists(link):
-            os.symlink(os.path.abspath(split.mask_paths[i]), link)
+        os.symlink(os.path.abspath(split.mask_paths[i]), os.path.join(masks_dir, f"{split.ids[i]}.png"))
     for name, idx in (("train", keep), ("test", held)):
         common.atomic_write(os.path.join(sets, f"{name}.txt"),
                             lambda f, idx=idx: f.write("".join(f"{split.ids[i]}\n" for i in idx)))
@@ -61,7 +57,7 @@ def make_holdout_data(proxy, root):
     common.write_submission(os.path.join(root, "solution.csv"), held_split.ids, held_split.labels, masks,
                             shapes=True)
     print(f"held out {len(held)} of {len(split)} labelled photos; training on {len(keep)}", flush=True)
-    return held_split.ids, held_split.labels
+    return held_split.labels
 
 
 def classifier_alone(run, data, truth_labels):
@@ -83,7 +79,7 @@ def main():
     print(f"machine: {machine}; data {args.data}", flush=True)
     root = "runs/bench_holdout"
     data = os.path.join(root, "data")
-    _, held_labels = make_holdout_data(args.data, data)
+    held_labels = make_holdout_data(args.data, data)
     t = time.time()
     result = dict(machine=machine, holdout_fraction=HOLDOUT_FRACTION, holdout_seed=HOLDOUT_SEED,
                   held_out_images=len(held_labels))
