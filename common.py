@@ -1210,7 +1210,7 @@ def run_folder(out, resume=False, overwrite=False, progress="state.json"):
     (--overwrite), never mixed with a new one. If the block fails before `progress` (a file in
     the folder: a finished epoch) exists, the new folder is removed and a replaced one put back,
     so a failed run leaves no partial output and loses nothing; with progress it stays, for
-    --resume."""
+    --resume. Resuming deletes the temporary files (.tmp-*) of a write the interruption cut short."""
     state_path = os.path.join(out, "state.json")
     if resume:
         if not os.path.isfile(state_path):
@@ -1218,6 +1218,9 @@ def run_folder(out, resume=False, overwrite=False, progress="state.json"):
         state = read_json(state_path)
         if state.get("finished"):
             raise UserError(f"{out} is already finished; nothing to resume")
+        for name in os.listdir(out):  # a write the kill interrupted (save_model, atomic_write)
+            if name.startswith(".tmp-"):
+                os.unlink(os.path.join(out, name))
         yield state
         return
     backup = None

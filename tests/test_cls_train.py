@@ -179,6 +179,18 @@ def test_resume_after_sigkill(demo_dir, tmp_path):
     check_run_folder(out)
 
 
+def test_resume_deletes_a_write_the_kill_cut_short(tmp_path):
+    """A kill during save_model leaves its temporary file; --resume must not keep it."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "state.json").write_text(json.dumps({"epoch": 2}))
+    (out / ".tmp-4242-model.keras").write_bytes(b"half a zip")
+    (out / "model.keras").write_bytes(b"kept")
+    with common.run_folder(str(out), resume=True) as state:
+        assert state["epoch"] == 2
+    assert sorted(os.listdir(out)) == ["model.keras", "state.json"]
+
+
 def test_label_dice_metric_matches_numpy():
     rng = np.random.default_rng(4)
     y = (rng.random((16, 20)) < 0.15).astype(np.float32)
