@@ -245,13 +245,17 @@ class Goal:
     (cls_targeted, seg_targeted); thresholds: the classifier's per-class thresholds (20 floats in
     [0, 1]); region: side of the central box as a share of the image side (seg_targeted);
     keep_weight: weight of the term that keeps the other labels as they were.
+    margin_loss: 'linear' (the loss is the margin) or 'log' (log(1 + margin): the same zero set, with
+    a gradient 1 / (1 + margin) that favours images near the goal over hopeless ones, since the
+    success rate counts images, not logits).
     """
 
-    def __init__(self, name, target, config, target_class=None, thresholds=None, region=0.5, keep_weight=0.5):
+    def __init__(self, name, target, config, target_class=None, thresholds=None, region=0.5, keep_weight=0.5,
+                 margin_loss="linear"):
         self.name, self.target, self.config = name, target, config
         self.task = GOALS[name]
         self.t = None if target_class is None else CLASSES.index(target_class)
-        self.keep_weight = keep_weight
+        self.keep_weight, self.margin_loss = keep_weight, margin_loss
         if self.task == "classification":
             self.thresholds = np.asarray(thresholds, np.float32)
             self.tau = tf.constant([logit(min(max(p, 1e-6), 1 - 1e-6)) for p in self.thresholds], tf.float32)
@@ -332,7 +336,11 @@ class Goal:
         return tf.zeros(tf.shape(z)[:1])
 
     def loss(self, z, reference):
-        return self.margin(z, reference) + self.keep_weight * self.keep(z, reference)
+        """Per-image training loss (B,): the margin (or log(1 + margin)) plus keep_weight x keep."""
+        margin = self.margin(z, reference)
+        if self.margin_loss == "log":
+            margin = tf.math.log1p(margin)
+        return margin + self.keep_weight * self.keep(z, reference)
 
     def judge(self, outputs, reference):
         """Per image, judged by the product's own rule on the model's outputs (NumPy): (success
@@ -550,14 +558,14 @@ def panel(path, goal, images, adv, n=6, title=""):
 # ----------------------------------------------------------------------------------------------
 # The whole attack
 
-def load_target(run_dir, goal_name, target_class):
+def load_target(run_dir, goal_name, target_class, margin_loss="linear"):
     """A Goal against the model of a finished run folder (UserError if it is of the wrong task)."""
     if GOALS[goal_name] == "classification":
         model, config, thresholds = cls_train.load_classifier(run_dir)
     else:
         model, config = common.load_run(run_dir, "segmentation")
         thresholds = None
-    return Goal(goal_name, model, config, target_class, thresholds)
+    return Goal(goal_name, model, config, target_class, thresholds, margin_loss=margin_loss)
 
 
 def attack_images(config, data, held_out, exclude_class=None, limit=None):
@@ -584,8 +592,9 @@ def summary_line(name, r, budget_note=""):
 
 
 def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr_min=None, epochs=10,
-        time_limit=None, batch_size=16, lr=1e-3, width=16, augment=True, out="runs/attack", data=None, transfer=None,
-        pgd_steps=10, hybrid_steps=0, budgets=(), max_train=None, max_eval=None, seed=0, overwrite=False, verbose=None):
+        time_limit=None, batch_size=16, lr=1e-3, margin_loss="linear", width=16, augment=True, out="runs/attack",
+        data=None, transfer=None, pgd_steps=10, hybrid_steps=0, budgets=(), max_train=None, max_eval=None, seed=0,
+        overwrite=False, verbose=None):
     """Train a perturbation generator for one goal against a frozen model, evaluate it on held-out
     images beside a random-noise control, FGSM and PGD, and write the run folder `out`.
 
@@ -597,6 +606,8 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
     eps: L-inf budget, levels out of 255 (default 8). psnr_min: also keep the PSNR of every
         perturbed image at least this many dB (default None: L-inf only).
     epochs, batch_size, lr: generator training (Adam, cosine decay per epoch from lr towards 2% of it).
+    margin_loss: 'linear' (default) or 'log': the training loss per image is the goal's margin or
+        log(1 + margin) (`Goal`).
     time_limit: minutes of generator training (default None: no limit); from the epochs' pace the
         schedule is shortened to the epochs that fit, so that it still decays fully
         (`common.TimeLimit`); metrics.json says how many epochs ran and were planned.
@@ -626,10 +637,12 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
         raise common.UserError("--psnr-min must be positive (dB)")
     if time_limit is not None and time_limit <= 0:
         raise common.UserError("--time-limit must be positive (minutes)")
+    if margin_loss not in ("linear", "log"):
+        raise common.UserError(f"unknown --margin-loss {margin_loss!r}; choose linear or log")
     if width < 1 or epochs < 1 or pgd_steps < 1:
         raise common.UserError("--width, --epochs and --pgd-steps must be at least 1")
     verbose = common.keras_verbosity(verbose)
-    the_goal = load_target(target, goal, target_class)
+    the_goal = load_target(target, goal, target_class, margin_loss)
     other = load_target(transfer, goal, target_class) if transfer else None
     with common.run_folder(out, overwrite=overwrite):
         keras.utils.set_random_seed(seed)
@@ -696,7 +709,7 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
         metrics = {"goal": goal, "target_class": target_class, "target_run": target, "transfer_run": transfer,
                    "eps_255": eps, "psnr_min": psnr_min, "l2_radius": l2, "epochs": epochs_trained,
                    "epochs_configured": epochs, "epochs_planned": timer.planned, "time_limit_minutes": time_limit,
-                   "stopped_by_time_limit": timer.hit, "width": width,
+                   "stopped_by_time_limit": timer.hit, "margin_loss": margin_loss, "width": width,
                    "augment": augment, "lr": lr, "batch_size": batch_size, "train_images": len(train_images),
                    "held_out_images": len(val_images), "train_seconds": train_seconds,
                    "train_image_gradients": epochs_trained * len(train_images), "target_weights_unchanged": unchanged,
@@ -726,6 +739,9 @@ def main(argv=None):
                    help="minutes of generator training; the schedule is fitted to it (default: no limit)")
     p.add_argument("--batch-size", type=int, default=16, help="default %(default)s")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, cosine decay (default %(default)s)")
+    p.add_argument("--margin-loss", default="linear", choices=["linear", "log"],
+                   help="training loss per image: the margin, or log(1 + margin), which favours images near "
+                        "the goal (default %(default)s)")
     p.add_argument("--width", type=int, default=16, help="generator filters at full resolution (default %(default)s)")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="train on the images as they are (default: random mirror and shift of each batch)")

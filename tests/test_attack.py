@@ -110,6 +110,11 @@ def test_classifier_margin_known_answers():
     z[1, 0], z[1, 3] = -2.0, -1.0  # nothing passes, boat is top: min(2 (to the threshold), 0 + 1 (to the top))
     z[2, 0], z[2, 3] = -4.0, 3.0  # boat passes: min(4, 3 + 7)
     assert goal.margin(tf.constant(z), tf.zeros((3, 20))).numpy() == pytest.approx([0.0, 1.0, 4.0])
+    log_goal = attack.Goal("cls_targeted", _LogitModel(), {"img_size": 8}, "aeroplane", thresholds, margin_loss="log")
+    reference = np.zeros((3, 20), np.float32)
+    reference[:, 3] = 1  # boat was reported: keep it above its threshold (0), weight 0.5
+    loss = log_goal.loss(tf.constant(z), tf.constant(reference)).numpy()
+    assert loss == pytest.approx(np.log1p([0.0, 1.0, 4.0]) + 0.5 * np.array([5.0, 1.0, 0.0]))
     untargeted = attack.Goal("cls_untargeted", _LogitModel(), {"img_size": 8}, None, thresholds)
     reference = np.zeros((3, 20), np.float32)
     reference[:, 14] = 1  # person was reported
