@@ -245,9 +245,10 @@ class Goal:
     (cls_targeted, seg_targeted); thresholds: the classifier's per-class thresholds (20 floats in
     [0, 1]); region: side of the central box as a share of the image side (seg_targeted);
     keep_weight: weight of the term that keeps the other labels as they were.
-    margin_loss: 'linear' (the loss is the margin) or 'log' (log(1 + margin): the same zero set, with
-    a gradient 1 / (1 + margin) that favours images near the goal over hopeless ones, since the
-    success rate counts images, not logits).
+    margin_loss: 'linear' (the loss is margin + keep_weight x keep) or 'log' (log(1 + that loss): the
+    same zero set and the same balance of the two terms within an image, with a gradient scaled by
+    1 / (1 + loss) that favours images near the goal over hopeless ones, since the success rate
+    counts images, not logits).
     """
 
     def __init__(self, name, target, config, target_class=None, thresholds=None, region=0.5, keep_weight=0.5,
@@ -336,11 +337,9 @@ class Goal:
         return tf.zeros(tf.shape(z)[:1])
 
     def loss(self, z, reference):
-        """Per-image training loss (B,): the margin (or log(1 + margin)) plus keep_weight x keep."""
-        margin = self.margin(z, reference)
-        if self.margin_loss == "log":
-            margin = tf.math.log1p(margin)
-        return margin + self.keep_weight * self.keep(z, reference)
+        """Per-image training loss (B,): margin + keep_weight x keep, or log(1 + that) (margin_loss)."""
+        loss = self.margin(z, reference) + self.keep_weight * self.keep(z, reference)
+        return tf.math.log1p(loss) if self.margin_loss == "log" else loss
 
     def judge(self, outputs, reference):
         """Per image, judged by the product's own rule on the model's outputs (NumPy): (success
@@ -606,8 +605,8 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
     eps: L-inf budget, levels out of 255 (default 8). psnr_min: also keep the PSNR of every
         perturbed image at least this many dB (default None: L-inf only).
     epochs, batch_size, lr: generator training (Adam, cosine decay per epoch from lr towards 2% of it).
-    margin_loss: 'linear' (default) or 'log': the training loss per image is the goal's margin or
-        log(1 + margin) (`Goal`).
+    margin_loss: 'linear' (default) or 'log': the training loss per image is the goal's margin plus
+        half its keep term, or log(1 + that) (`Goal`).
     time_limit: minutes of generator training (default None: no limit); from the epochs' pace the
         schedule is shortened to the epochs that fit, so that it still decays fully
         (`common.TimeLimit`); metrics.json says how many epochs ran and were planned.
@@ -740,8 +739,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=16, help="default %(default)s")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, cosine decay (default %(default)s)")
     p.add_argument("--margin-loss", default="linear", choices=["linear", "log"],
-                   help="training loss per image: the margin, or log(1 + margin), which favours images near "
-                        "the goal (default %(default)s)")
+                   help="training loss per image: the margin (plus half the keep term), or log(1 + that), which "
+                        "favours images near the goal (default %(default)s)")
     p.add_argument("--width", type=int, default=16, help="generator filters at full resolution (default %(default)s)")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="train on the images as they are (default: random mirror and shift of each batch)")

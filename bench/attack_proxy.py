@@ -44,7 +44,7 @@ RUNS = {
                                    batch_size=8, budgets=[4.0, 12.0, 16.0]),
     "cls_targeted_eps16_b8": dict(target=CLS, goal="cls_targeted", target_class="aeroplane", eps=16.0, epochs=80,
                                   time_limit=42.0, batch_size=8, budgets=[8.0]),
-    # the log(1 + margin) loss (a 10-epoch probe: 0.583 vs 0.523 for the linear margin) and the issue's
+    # the log(1 + loss) loss (a 10-epoch untargeted probe: 0.583 vs 0.523 for the linear margin) and the issue's
     # whole 60 minutes of generator training (57 min: the last epoch is planned at the median pace)
     "cls_targeted_eps16_log": dict(target=CLS, goal="cls_targeted", target_class="aeroplane", eps=16.0, epochs=80,
                                    time_limit=57.0, batch_size=8, margin_loss="log", budgets=[8.0]),

@@ -114,7 +114,7 @@ def test_classifier_margin_known_answers():
     reference = np.zeros((3, 20), np.float32)
     reference[:, 3] = 1  # boat was reported: keep it above its threshold (0), weight 0.5
     loss = log_goal.loss(tf.constant(z), tf.constant(reference)).numpy()
-    assert loss == pytest.approx(np.log1p([0.0, 1.0, 4.0]) + 0.5 * np.array([5.0, 1.0, 0.0]))
+    assert loss == pytest.approx(np.log1p(np.array([0.0, 1.0, 4.0]) + 0.5 * np.array([5.0, 1.0, 0.0])))
     untargeted = attack.Goal("cls_untargeted", _LogitModel(), {"img_size": 8}, None, thresholds)
     reference = np.zeros((3, 20), np.float32)
     reference[:, 14] = 1  # person was reported
