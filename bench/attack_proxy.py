@@ -48,6 +48,8 @@ RUNS = {
     # whole 60 minutes of generator training (57 min: the last epoch is planned at the median pace)
     "cls_targeted_eps16_log": dict(target=CLS, goal="cls_targeted", target_class="aeroplane", eps=16.0, epochs=80,
                                    time_limit=57.0, batch_size=8, margin_loss="log", budgets=[8.0]),
+    "cls_untargeted_eps8_log": dict(target=CLS, goal="cls_untargeted", eps=8.0, epochs=80, time_limit=52.0,
+                                    batch_size=8, margin_loss="log", budgets=[4.0, 12.0, 16.0]),
 }
 
 
