@@ -835,12 +835,15 @@ def score_submission(pred_csv, truth):
             "score": float(np.mean(all_rows)), "images": len(ids)}
 
 
+TMP_PREFIX = ".tmp-"  # the temporary files of atomic_write and save_model, which --resume deletes
+
+
 def atomic_write(path, write, mode="w", newline=None):
     """Write a file through a temporary name in the same folder, then rename: readers never see
     a half-written file, and an existing file survives a failed write."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=os.path.splitext(path)[1], dir=folder)
     except OSError as e:
         raise UserError(f"cannot write in {folder}: {e.strerror}") from None
     try:
@@ -1219,7 +1222,7 @@ def run_folder(out, resume=False, overwrite=False, progress="state.json"):
         if state.get("finished"):
             raise UserError(f"{out} is already finished; nothing to resume")
         for name in os.listdir(out):  # a write the kill interrupted (save_model, atomic_write)
-            if name.startswith(".tmp-"):
+            if name.startswith(TMP_PREFIX):
                 os.unlink(os.path.join(out, name))
         yield state
         return
@@ -1285,7 +1288,7 @@ def read_json(path):
 
 def save_model(model, path):
     """model.save through a temporary name + rename, so a crash never leaves a broken file."""
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f"{TMP_PREFIX}{os.getpid()}-{os.path.basename(path)}")
     try:
         model.save(tmp)
         os.replace(tmp, path)

@@ -26,7 +26,7 @@ def main(run):
 
     def craft(x, sign):
         delta = generator.predict([x, goal.condition(len(x))], verbose=0, batch_size=16)
-        return np.clip(x + (eps * np.sign(delta) if sign else delta), 0, 255)
+        return attack.perturb(x, eps * np.sign(delta) if sign else delta)
 
     for sign in (False, True):
         r, _ = attack.evaluate(goal, val, lambda x, s=sign: craft(x, s))
