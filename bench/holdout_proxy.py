@@ -6,13 +6,16 @@ internal validation split, threshold tuning and checkpoint choice, the same time
 scores the held-out photos, which no training, tuning or checkpoint choice saw, with the
 competition's rule, beside the estimates the runs report on their validation split.
 
-    KERAS_HOME=../shared/keras_home python bench/holdout_proxy.py            # both tasks, ~90 min
-    KERAS_HOME=../shared/keras_home python bench/holdout_proxy.py --only cls # classifier, ~30 min
+    KERAS_HOME=../shared/keras_home python bench/holdout_proxy.py              # both tasks, one draw
+    KERAS_HOME=../shared/keras_home python bench/holdout_proxy.py --only cls --seeds 1 2 3 4 5
+    KERAS_HOME=../shared/keras_home python bench/holdout_proxy.py --only seg   # the segmenter for draw 1
 
-The held-out photos are given to predict.py as the test split of a derived VOC-layout folder
-(runs/bench_holdout/data: links to the proxy's files, masks only for the training part, and a
-solution.csv built from the held-out masks). Writes runs/bench_holdout/ and
-bench/results/holdout_proxy.json, and prints a table.
+Each draw trains under the bench's time limits (classifier 30 min, finished in about 4 here;
+segmenter 58 min). The held-out photos are given to predict.py as the test split of a
+derived VOC-layout folder (runs/bench_holdout_seed<N>/data: links to the proxy's files, masks
+only for the training part, and a solution.csv built from the held-out masks). Writes
+runs/bench_holdout_seed<N>/ and bench/results/holdout_proxy.json (one entry per draw), and prints
+a table.
 """
 
 import argparse
@@ -30,17 +33,17 @@ import cls_train  # noqa: E402
 import predict  # noqa: E402
 import train_proxy  # noqa: E402
 
-HOLDOUT_FRACTION, HOLDOUT_SEED = 0.2, 1  # seed 1: a different draw from the runs' own validation split (seed 0)
+HOLDOUT_FRACTION = 0.2
 
 
-def make_holdout_data(proxy, root):
+def make_holdout_data(proxy, root, seed):
     """A VOC-layout folder at `root` whose training split is the proxy's labelled photos minus a
     stratified HOLDOUT_FRACTION (`common.train_val_split`) and whose test split is that held-out
     part (no masks there, so every tool treats it as unlabelled), plus root/solution.csv with the
-    held-out truth. Files are symbolic links to the proxy's; `root` is rebuilt from scratch.
+    held-out truth; `seed` picks the draw. Files are symbolic links to the proxy's; `root` is rebuilt from scratch.
     Returns the held-out photos' labels (N, 20) int8."""
     split = common.load_split(proxy, "train")
-    keep, held = common.train_val_split(split.labels, HOLDOUT_FRACTION, HOLDOUT_SEED)
+    keep, held = common.train_val_split(split.labels, HOLDOUT_FRACTION, seed)
     shutil.rmtree(root, ignore_errors=True)  # no mask link left from another draw may leak a held-out photo
     sets = os.path.join(root, "ImageSets", "Segmentation")
     masks_dir = os.path.join(root, "SegmentationClass")
@@ -69,50 +72,79 @@ def classifier_alone(run, data, truth_labels):
     return common.classification_dice(cls_train.decide(probs, thresholds), truth_labels)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "proxy"))
-    p.add_argument("--only", choices=["cls", "both"], default="both",
-                   help="cls: train and score the classifier only (default: both tasks)")
-    args = p.parse_args()
+def held_out_draw(proxy, seed, only, path):
+    """Train on one draw (held-out fifth chosen by `seed`) and score it; returns the result dict."""
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}"
-    print(f"machine: {machine}; data {args.data}", flush=True)
-    root = "runs/bench_holdout"
+    root = f"runs/bench_holdout_seed{seed}"
     data = os.path.join(root, "data")
-    held_labels = make_holdout_data(args.data, data)
+    if only == "seg" and not os.path.isfile(os.path.join(root, "cls", "metrics.json")):
+        sys.exit(f"error: --only seg needs the finished classifier run {root}/cls of --only cls")
+    held_labels = make_holdout_data(proxy, data, seed)
     t = time.time()
-    result = dict(machine=machine, holdout_fraction=HOLDOUT_FRACTION, holdout_seed=HOLDOUT_SEED,
+    result = dict(machine=machine, holdout_fraction=HOLDOUT_FRACTION, holdout_seed=seed,
                   held_out_images=len(held_labels))
-    runs = {"cls": "cls_mobilenetv2"} if args.only == "cls" else {"cls": "cls_mobilenetv2",
-                                                                   "seg": "seg_mobilenetv2_unet"}
-    for task, name in runs.items():
-        script, kwargs, minutes = train_proxy.RUNS[name]
+    if only == "seg":  # the classifier of the earlier --only cls run on this draw stays
+        earlier = common.read_json(path)[f"seed{seed}"]
+        result.update({k: earlier[k] for k in ("cls_arguments", "cls_time_limit_minutes")})
+    for task in {"cls": ["cls"], "seg": ["seg"], "both": ["cls", "seg"]}[only]:
+        script, kwargs, minutes = train_proxy.RUNS[{"cls": "cls_mobilenetv2", "seg": "seg_mobilenetv2_unet"}[task]]
         script.train(data=data, out=os.path.join(root, task), overwrite=True, time_limit=minutes, **kwargs)
         result[f"{task}_arguments"], result[f"{task}_time_limit_minutes"] = kwargs, minutes
+    for task in ["cls"] + (["seg"] if only != "cls" else []):  # did each schedule fit its time limit?
+        metrics = common.read_json(os.path.join(root, task, "metrics.json"))
+        result[f"{task}_epochs"] = {k: metrics.get(k) for k in ("epochs_trained", "epochs_planned",
+                                                                "stopped_by_time_limit")}
     cls_metrics = common.read_json(os.path.join(root, "cls", "metrics.json"))
     result["classification"] = dict(
         val_dice_tuned=cls_metrics["val_dice_tuned"], val_dice_out_of_fold=cls_metrics["val_dice_out_of_fold"],
         val_dice_out_of_fold_95ci=cls_metrics["val_dice_out_of_fold_95ci"],
         held_out_dice_alone=classifier_alone(os.path.join(root, "cls"), data, held_labels))
-    if "seg" in runs:  # the product's numbers: predict.py with its defaults, on val and on the held-out photos
+    if only != "cls":  # the product's numbers: predict.py with its defaults, on val and on the held-out photos
         for split in ("val", "test"):
             scores, _ = predict.run(data=data, cls=os.path.join(root, "cls"), seg=os.path.join(root, "seg"),
                                     out=os.path.join(root, f"predict_{split}"), split=split, score=True,
                                     overwrite=True)
             result["val" if split == "val" else "held_out"] = scores
     result["wall_minutes"] = round((time.time() - t) / 60, 1)
-    common.write_json(os.path.join(HERE, "results", "holdout_proxy.json"), result)
-    c = result["classification"]
-    lo, hi = c["val_dice_out_of_fold_95ci"]
-    print("\n| estimate | classification | segmentation | joint |\n|---|---|---|---|")
-    print(f"| validation, tuned thresholds (classifier alone) | {c['val_dice_tuned']:.3f} | | |")
-    print(f"| validation, out of fold [95% CI] (classifier alone) | {c['val_dice_out_of_fold']:.3f} "
-          f"[{lo:.3f}, {hi:.3f}] | | |")
-    print(f"| held-out photos, classifier alone | {c['held_out_dice_alone']:.3f} | | |")
-    for key, what in (("val", "validation, predict.py defaults"), ("held_out", "held-out photos, predict.py defaults")):
-        if key in result:
-            s = result[key]
-            print(f"| {what} | {s['classification']:.3f} | {s['segmentation']:.3f} | {s['score']:.3f} |")
+    return result
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "proxy"))
+    p.add_argument("--only", choices=["cls", "seg", "both"], default="both",
+                   help="cls: train and score the classifier only; seg: train the segmenter and score both "
+                        "tasks with the classifier of an earlier --only cls run (the same draw); default: both")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1],
+                   help="one draw of the held-out fifth per seed (default 1; the runs' own validation split "
+                        "uses seed 0 on what is left)")
+    p.add_argument("--report", action="store_true", help="only print the table of the saved results")
+    args = p.parse_args()
+    print(f"data {args.data}", flush=True)
+    path = os.path.join(HERE, "results", "holdout_proxy.json")
+    results = common.read_json(path) if os.path.isfile(path) else {}
+    for seed in [] if args.report else args.seeds:
+        results[f"seed{seed}"] = held_out_draw(args.data, seed, args.only, path)
+        common.write_json(path, results)
+    print("\n| draw | estimate | classification | segmentation | joint |\n|---|---|---|---|---|")
+    for draw, r in results.items():
+        c = r["classification"]
+        lo, hi = c["val_dice_out_of_fold_95ci"]
+        print(f"| {draw} | validation, tuned thresholds (classifier alone) | {c['val_dice_tuned']:.3f} | | |")
+        print(f"| {draw} | validation, out of fold [95% CI] (classifier alone) | {c['val_dice_out_of_fold']:.3f} "
+              f"[{lo:.3f}, {hi:.3f}] | | |")
+        print(f"| {draw} | held-out photos, classifier alone | {c['held_out_dice_alone']:.3f} | | |")
+        for key, what in (("val", "validation, predict.py defaults"),
+                          ("held_out", "held-out photos, predict.py defaults")):
+            if key in r:
+                s = r[key]
+                print(f"| {draw} | {what} | {s['classification']:.3f} | {s['segmentation']:.3f} | {s['score']:.3f} |")
+    if len(results) > 1:  # the mean over draws: what each estimate predicts, and how far off it is on average
+        cls = [r["classification"] for r in results.values()]
+        mean = {k: sum(c[k] for c in cls) / len(cls) for k in ("val_dice_tuned", "val_dice_out_of_fold",
+                                                                "held_out_dice_alone")}
+        print(f"\nmean over {len(cls)} draws, classifier alone: tuned {mean['val_dice_tuned']:.3f}, out of fold "
+              f"{mean['val_dice_out_of_fold']:.3f}, held-out photos {mean['held_out_dice_alone']:.3f}")
 
 
 if __name__ == "__main__":
