@@ -77,14 +77,14 @@ def held_out_draw(proxy, seed, only, path):
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}"
     root = f"runs/bench_holdout_seed{seed}"
     data = os.path.join(root, "data")
-    if only == "seg" and not os.path.isfile(os.path.join(root, "cls", "metrics.json")):
-        sys.exit(f"error: --only seg needs the finished classifier run {root}/cls of --only cls")
+    earlier = common.read_json(path).get(f"seed{seed}", {}) if os.path.isfile(path) else {}
+    if only == "seg" and not (os.path.isfile(os.path.join(root, "cls", "metrics.json")) and "cls_arguments" in earlier):
+        sys.exit(f"error: --only seg needs the classifier of an earlier --only cls run on draw {seed} ({root}/cls)")
     held_labels = make_holdout_data(proxy, data, seed)
     t = time.time()
     result = dict(machine=machine, holdout_fraction=HOLDOUT_FRACTION, holdout_seed=seed,
                   held_out_images=len(held_labels))
     if only == "seg":  # the classifier of the earlier --only cls run on this draw stays
-        earlier = common.read_json(path)[f"seed{seed}"]
         result.update({k: earlier[k] for k in ("cls_arguments", "cls_time_limit_minutes")})
     for task in {"cls": ["cls"], "seg": ["seg"], "both": ["cls", "seg"]}[only]:
         script, kwargs, minutes = train_proxy.RUNS[{"cls": "cls_mobilenetv2", "seg": "seg_mobilenetv2_unet"}[task]]
