@@ -9,6 +9,7 @@ competition's rule, beside the estimates the runs report on their validation spl
     KERAS_HOME=../shared/keras_home python bench/holdout_proxy.py              # both tasks, one draw
     KERAS_HOME=../shared/keras_home python bench/holdout_proxy.py --only cls --seeds 1 2 3 4 5
     KERAS_HOME=../shared/keras_home python bench/holdout_proxy.py --only seg   # the segmenter for draw 1
+    KERAS_HOME=../shared/keras_home python bench/holdout_proxy.py --variants   # predict.py options, draw 1
 
 Each draw trains under the bench's time limits (classifier 30 min, finished in about 4 here;
 segmenter 58 min). The held-out photos are given to predict.py as the test split of a
@@ -109,6 +110,30 @@ def held_out_draw(proxy, seed, only, path):
     return result
 
 
+# predict.py's inference options, one change at a time from its defaults (seg-flip TTA, drop fusion)
+VARIANTS = {"defaults": {}, "no fusion": dict(fuse_rules=()), "fusion drop,agree": dict(fuse_rules=("drop", "agree")),
+            "fusion drop,add": dict(fuse_rules=("drop", "add")), "no TTA": dict(tta=()),
+            "TTA seg-flip,scales": dict(tta=("seg-flip", "scales")), "TTA flip (both tasks)": dict(tta=("flip",))}
+
+
+def predict_variants(seed):
+    """Score each of VARIANTS on the validation split and the held-out photos of a draw whose two
+    runs exist: do the choices made on validation images hold on unseen ones?
+    Returns {variant: {"val": scores, "held_out": scores}}."""
+    root = f"runs/bench_holdout_seed{seed}"
+    out = {}
+    for name, kwargs in VARIANTS.items():
+        out[name] = {}
+        for split in ("val", "test"):
+            scores, _ = predict.run(data=os.path.join(root, "data"), cls=os.path.join(root, "cls"),
+                                    seg=os.path.join(root, "seg"), out=os.path.join(root, "predict_variant"),
+                                    split=split, score=True, overwrite=True, **kwargs)
+            out[name]["val" if split == "val" else "held_out"] = scores
+        print(f"{name}: " + "; ".join(f"{k} {v['classification']:.3f} / {v['segmentation']:.3f} / {v['score']:.3f}"
+                                      for k, v in out[name].items()), flush=True)
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "proxy"))
@@ -118,13 +143,19 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[1],
                    help="one draw of the held-out fifth per seed (default 1; the runs' own validation split "
                         "uses seed 0 on what is left)")
+    p.add_argument("--variants", action="store_true",
+                   help="instead of training: score predict.py's inference options (VARIANTS) on the validation "
+                        "split and the held-out photos of each draw, with its two finished runs")
     p.add_argument("--report", action="store_true", help="only print the table of the saved results")
     args = p.parse_args()
     print(f"data {args.data}", flush=True)
     path = os.path.join(HERE, "results", "holdout_proxy.json")
     results = common.read_json(path) if os.path.isfile(path) else {}
     for seed in [] if args.report else args.seeds:
-        results[f"seed{seed}"] = held_out_draw(args.data, seed, args.only, path)
+        if args.variants:
+            results[f"seed{seed}"]["predict_variants"] = predict_variants(seed)
+        else:
+            results[f"seed{seed}"] = held_out_draw(args.data, seed, args.only, path)
         common.write_json(path, results)
     print("\n| draw | estimate | classification | segmentation | joint |\n|---|---|---|---|---|")
     for draw, r in results.items():
@@ -139,6 +170,13 @@ def main():
             if key in r:
                 s = r[key]
                 print(f"| {draw} | {what} | {s['classification']:.3f} | {s['segmentation']:.3f} | {s['score']:.3f} |")
+    for draw, r in results.items():
+        if "predict_variants" in r:
+            print(f"\n{draw}: predict.py options (classification / segmentation / joint)\n"
+                  "| option | validation | held-out photos |\n|---|---|---|")
+            for name, v in r["predict_variants"].items():
+                print(f"| {name} | " + " | ".join(f"{v[k]['classification']:.3f} / {v[k]['segmentation']:.3f} / "
+                                                  f"{v[k]['score']:.3f}" for k in ("val", "held_out")) + " |")
     if len(results) > 1:  # the mean over draws: what each estimate predicts, and how far off it is on average
         cls = [r["classification"] for r in results.values()]
         mean = {k: sum(c[k] for c in cls) / len(cls) for k in ("val_dice_tuned", "val_dice_out_of_fold",
