@@ -35,6 +35,12 @@ import predict  # noqa: E402
 import train_proxy  # noqa: E402
 
 HOLDOUT_FRACTION = 0.2
+BENCH_RUNS = {"cls": "cls_mobilenetv2", "seg": "seg_mobilenetv2_unet"}  # train_proxy.RUNS entry of each task
+
+
+def draw_root(seed):
+    """The run folder of one draw: data/, cls/, seg/ and predict.py's outputs."""
+    return f"runs/bench_holdout_seed{seed}"
 
 
 def make_holdout_data(proxy, root, seed):
@@ -73,12 +79,24 @@ def classifier_alone(run, data, truth_labels):
     return common.classification_dice(cls_train.decide(probs, thresholds), truth_labels)
 
 
-def held_out_draw(proxy, seed, only, path):
-    """Train on one draw (held-out fifth chosen by `seed`) and score it; returns the result dict."""
+def predict_scores(root, name, **options):
+    """predict.py on the validation split and on the held-out photos (the derived folder's test
+    split) of a draw with both runs, with `options` (predict.run's keyword arguments) over its
+    defaults; output folders root/predict_<name>_<split>. Returns {"val": scores, "held_out": scores}."""
+    out = {}
+    for split, key in (("val", "val"), ("test", "held_out")):
+        out[key], _ = predict.run(data=os.path.join(root, "data"), cls=os.path.join(root, "cls"),
+                                  seg=os.path.join(root, "seg"), out=os.path.join(root, f"predict_{name}_{split}"),
+                                  split=split, score=True, overwrite=True, **options)
+    return out
+
+
+def held_out_draw(proxy, seed, only, earlier):
+    """Train on one draw (held-out fifth chosen by `seed`) and score it; `earlier`: this draw's
+    saved result (with only='seg', the classifier run it reuses). Returns the result dict."""
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}"
-    root = f"runs/bench_holdout_seed{seed}"
+    root = draw_root(seed)
     data = os.path.join(root, "data")
-    earlier = common.read_json(path).get(f"seed{seed}", {}) if os.path.isfile(path) else {}
     if only == "seg" and not (os.path.isfile(os.path.join(root, "cls", "metrics.json")) and "cls_arguments" in earlier):
         sys.exit(f"error: --only seg needs the classifier of an earlier --only cls run on draw {seed} ({root}/cls)")
     held_labels = make_holdout_data(proxy, data, seed)
@@ -88,7 +106,7 @@ def held_out_draw(proxy, seed, only, path):
     if only == "seg":  # the classifier of the earlier --only cls run on this draw stays
         result.update({k: earlier[k] for k in ("cls_arguments", "cls_time_limit_minutes")})
     for task in {"cls": ["cls"], "seg": ["seg"], "both": ["cls", "seg"]}[only]:
-        script, kwargs, minutes = train_proxy.RUNS[{"cls": "cls_mobilenetv2", "seg": "seg_mobilenetv2_unet"}[task]]
+        script, kwargs, minutes = train_proxy.RUNS[BENCH_RUNS[task]]
         script.train(data=data, out=os.path.join(root, task), overwrite=True, time_limit=minutes, **kwargs)
         result[f"{task}_arguments"], result[f"{task}_time_limit_minutes"] = kwargs, minutes
     for task in ["cls"] + (["seg"] if only != "cls" else []):  # did each schedule fit its time limit?
@@ -101,11 +119,7 @@ def held_out_draw(proxy, seed, only, path):
         val_dice_out_of_fold_95ci=cls_metrics["val_dice_out_of_fold_95ci"],
         held_out_dice_alone=classifier_alone(os.path.join(root, "cls"), data, held_labels))
     if only != "cls":  # the product's numbers: predict.py with its defaults, on val and on the held-out photos
-        for split in ("val", "test"):
-            scores, _ = predict.run(data=data, cls=os.path.join(root, "cls"), seg=os.path.join(root, "seg"),
-                                    out=os.path.join(root, f"predict_{split}"), split=split, score=True,
-                                    overwrite=True)
-            result["val" if split == "val" else "held_out"] = scores
+        result.update(predict_scores(root, "defaults"))
     result["wall_minutes"] = round((time.time() - t) / 60, 1)
     return result
 
@@ -120,15 +134,9 @@ def predict_variants(seed):
     """Score each of VARIANTS on the validation split and the held-out photos of a draw whose two
     runs exist: do the choices made on validation images hold on unseen ones?
     Returns {variant: {"val": scores, "held_out": scores}}."""
-    root = f"runs/bench_holdout_seed{seed}"
     out = {}
-    for name, kwargs in VARIANTS.items():
-        out[name] = {}
-        for split in ("val", "test"):
-            scores, _ = predict.run(data=os.path.join(root, "data"), cls=os.path.join(root, "cls"),
-                                    seg=os.path.join(root, "seg"), out=os.path.join(root, "predict_variant"),
-                                    split=split, score=True, overwrite=True, **kwargs)
-            out[name]["val" if split == "val" else "held_out"] = scores
+    for name, options in VARIANTS.items():
+        out[name] = predict_scores(draw_root(seed), "variant", **options)
         print(f"{name}: " + "; ".join(f"{k} {v['classification']:.3f} / {v['segmentation']:.3f} / {v['score']:.3f}"
                                       for k, v in out[name].items()), flush=True)
     return out
@@ -152,10 +160,13 @@ def main():
     path = os.path.join(HERE, "results", "holdout_proxy.json")
     results = common.read_json(path) if os.path.isfile(path) else {}
     for seed in [] if args.report else args.seeds:
+        earlier = results.get(f"seed{seed}", {})
         if args.variants:
-            results[f"seed{seed}"]["predict_variants"] = predict_variants(seed)
+            if "held_out" not in earlier:
+                sys.exit(f"error: --variants needs draw {seed} trained with both tasks first")
+            earlier["predict_variants"] = predict_variants(seed)
         else:
-            results[f"seed{seed}"] = held_out_draw(args.data, seed, args.only, path)
+            results[f"seed{seed}"] = held_out_draw(args.data, seed, args.only, earlier)
         common.write_json(path, results)
     print("\n| draw | estimate | classification | segmentation | joint |\n|---|---|---|---|---|")
     for draw, r in results.items():
