@@ -617,7 +617,8 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
     pgd_steps: steps of the PGD baseline (default 10). hybrid_steps: if > 0, also evaluate the
         generator's output refined by this many PGD steps (a labelled hybrid row).
     budgets: extra L-inf budgets (levels out of 255) for a success-vs-budget table of the
-        generator (its perturbation rescaled to the budget) and PGD.
+        generator (its perturbation rescaled to the budget) and PGD: success rate and mean score
+        after (`evaluate`'s score_after: target probability, or share of the box) per method.
     max_train, max_eval: use at most this many training / held-out images.
     Returns the metrics dict (also written to out/metrics.json). Raises common.UserError for an
     unknown goal or class, a bad budget, a run folder of the wrong task or an existing `out`.
@@ -701,10 +702,14 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
         for b in budgets:  # success vs budget: the generator's perturbation rescaled, PGD at that budget
             scaled = lambda x, b=b: perturb(x, project((tf.convert_to_tensor(gen(x)) - x) * (b / eps), b, l2))  # noqa: E731
             pgd_at_b = lambda x, b=b: x + gradient_attack(the_goal, x, b, l2, steps=pgd_steps)  # noqa: E731
-            budget_table[f"{b:g}"] = {"generator_rescaled": evaluate(the_goal, val_images, scaled)[0]["success_rate"],
-                                      pgd: evaluate(the_goal, val_images, pgd_at_b)[0]["success_rate"]}
-            print(f"budget {b:g}/255: generator (rescaled) {budget_table[f'{b:g}']['generator_rescaled']:.3f}, "
-                  f"{pgd} {budget_table[f'{b:g}'][pgd]:.3f}", flush=True)
+            row = {}
+            for name, craft in (("generator_rescaled", scaled), (pgd, pgd_at_b)):
+                r = evaluate(the_goal, val_images, craft)[0]
+                row[name], row[f"{name}_score"] = r["success_rate"], r["score_after"]
+            budget_table[f"{b:g}"] = row
+            print(f"budget {b:g}/255: generator (rescaled) {row['generator_rescaled']:.3f} (score "
+                  f"{row['generator_rescaled_score']:.3f}), {pgd} {row[pgd]:.3f} (score {row[pgd + '_score']:.3f})",
+                  flush=True)
         metrics = {"goal": goal, "target_class": target_class, "target_run": target, "transfer_run": transfer,
                    "eps_255": eps, "psnr_min": psnr_min, "l2_radius": l2, "epochs": epochs_trained,
                    "epochs_configured": epochs, "epochs_planned": timer.planned, "time_limit_minutes": time_limit,

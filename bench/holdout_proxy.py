@@ -10,6 +10,7 @@ competition's rule, beside the estimates the runs report on their validation spl
     KERAS_HOME=../shared/keras_home python bench/holdout_proxy.py --only cls --seeds 1 2 3 4 5
     KERAS_HOME=../shared/keras_home python bench/holdout_proxy.py --only seg   # the segmenter for draw 1
     KERAS_HOME=../shared/keras_home python bench/holdout_proxy.py --variants   # predict.py options, draw 1
+    KERAS_HOME=../shared/keras_home python bench/holdout_proxy.py --only cls --train asl --seeds 1 2 3
 
 Each draw trains under the bench's time limits (classifier 30 min, finished in about 4 here;
 segmenter 58 min). The held-out photos are given to predict.py as the test split of a
@@ -38,9 +39,20 @@ HOLDOUT_FRACTION = 0.2
 BENCH_RUNS = {"cls": "cls_mobilenetv2", "seg": "seg_mobilenetv2_unet"}  # train_proxy.RUNS entry of each task
 
 
-def draw_root(seed):
+# training changes of the classifier, one at a time from the bench's arguments (issue 16, item 2)
+TRAIN_VARIANTS = {"asl": dict(loss="asl"), "focal": dict(loss="focal"), "no_pos_weight": dict(pos_weight=False),
+                  "finetune_lr_0.3": dict(finetune_lr_factor=0.3), "img_288": dict(img_size=288),
+                  "epochs_30": dict(epochs=30), "frozen_10": dict(frozen_epochs=10)}
+
+
+def draw_key(seed, variant=None):
+    """The draw's name in the results and its run folder: seed<N>[_<training variant>]."""
+    return f"seed{seed}" + (f"_{variant}" if variant else "")
+
+
+def draw_root(seed, variant=None):
     """The run folder of one draw: data/, cls/, seg/ and predict.py's outputs."""
-    return f"runs/bench_holdout_seed{seed}"
+    return f"runs/bench_holdout_{draw_key(seed, variant)}"
 
 
 def make_holdout_data(proxy, root, seed):
@@ -91,22 +103,24 @@ def predict_scores(root, name, **options):
     return out
 
 
-def held_out_draw(proxy, seed, only, earlier):
+def held_out_draw(proxy, seed, only, earlier, variant=None):
     """Train on one draw (held-out fifth chosen by `seed`) and score it; `earlier`: this draw's
-    saved result (with only='seg', the classifier run it reuses). Returns the result dict."""
+    saved result (with only='seg', the classifier run it reuses); `variant`: a TRAIN_VARIANTS
+    change of the classifier's arguments. Returns the result dict."""
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}"
-    root = draw_root(seed)
+    root = draw_root(seed, variant)
     data = os.path.join(root, "data")
     if only == "seg" and not (os.path.isfile(os.path.join(root, "cls", "metrics.json")) and "cls_arguments" in earlier):
         sys.exit(f"error: --only seg needs the classifier of an earlier --only cls run on draw {seed} ({root}/cls)")
     held_labels = make_holdout_data(proxy, data, seed)
     t = time.time()
     result = dict(machine=machine, holdout_fraction=HOLDOUT_FRACTION, holdout_seed=seed,
-                  held_out_images=len(held_labels))
+                  held_out_images=len(held_labels), cls_variant=variant)
     if only == "seg":  # the classifier of the earlier --only cls run on this draw stays
         result.update({k: earlier[k] for k in ("cls_arguments", "cls_time_limit_minutes")})
     for task in {"cls": ["cls"], "seg": ["seg"], "both": ["cls", "seg"]}[only]:
         script, kwargs, minutes = train_proxy.RUNS[BENCH_RUNS[task]]
+        kwargs = dict(kwargs, **(TRAIN_VARIANTS[variant] if variant and task == "cls" else {}))
         script.train(data=data, out=os.path.join(root, task), overwrite=True, time_limit=minutes, **kwargs)
         result[f"{task}_arguments"], result[f"{task}_time_limit_minutes"] = kwargs, minutes
     for task in ["cls"] + (["seg"] if only != "cls" else []):  # did each schedule fit its time limit?
@@ -154,19 +168,24 @@ def main():
     p.add_argument("--variants", action="store_true",
                    help="instead of training: score predict.py's inference options (VARIANTS) on the validation "
                         "split and the held-out photos of each draw, with its two finished runs")
+    p.add_argument("--train", choices=list(TRAIN_VARIANTS),
+                   help="with --only cls: train the classifier with this change of its arguments "
+                        "(results and run folder seed<N>_<change>)")
     p.add_argument("--report", action="store_true", help="only print the table of the saved results")
     args = p.parse_args()
+    if args.train and (args.only != "cls" or args.variants):
+        sys.exit("error: --train goes with --only cls (and not with --variants)")
     print(f"data {args.data}", flush=True)
     path = os.path.join(HERE, "results", "holdout_proxy.json")
     results = common.read_json(path) if os.path.isfile(path) else {}
     for seed in [] if args.report else args.seeds:
-        earlier = results.get(f"seed{seed}", {})
+        earlier = results.get(draw_key(seed, args.train), {})
         if args.variants:
             if "held_out" not in earlier:
                 sys.exit(f"error: --variants needs draw {seed} trained with both tasks first")
             earlier["predict_variants"] = predict_variants(seed)
         else:
-            results[f"seed{seed}"] = held_out_draw(args.data, seed, args.only, earlier)
+            results[draw_key(seed, args.train)] = held_out_draw(args.data, seed, args.only, earlier, args.train)
         common.write_json(path, results)
     print("\n| draw | estimate | classification | segmentation | joint |\n|---|---|---|---|---|")
     for draw, r in results.items():
@@ -188,13 +207,23 @@ def main():
             for name, v in r["predict_variants"].items():
                 print(f"| {name} | " + " | ".join(f"{v[k]['classification']:.3f} / {v[k]['segmentation']:.3f} / "
                                                   f"{v[k]['score']:.3f}" for k in ("val", "held_out")) + " |")
-    if len(results) > 1:  # the mean over draws: what each estimate predicts, and how far off it is on average
-        cls = [r["classification"] for r in results.values()]
+    by_variant = {}  # training variant ('' for the bench's arguments) -> {seed: result}
+    for r in results.values():
+        by_variant.setdefault(r.get("cls_variant") or "", {})[r["holdout_seed"]] = r
+    for variant, draws in by_variant.items():  # the mean over draws: what each estimate predicts
+        cls = [r["classification"] for r in draws.values()]
         mean = {k: sum(c[k] for c in cls) / len(cls) for k in ("val_dice_tuned", "val_dice_out_of_fold",
                                                                 "held_out_dice_alone")}
-        print(f"\nmean over {len(cls)} draws, classifier alone: tuned {mean['val_dice_tuned']:.3f}, out of fold "
-              f"{mean['val_dice_out_of_fold']:.3f}, held-out photos {mean['held_out_dice_alone']:.3f}")
-
+        line = (f"\n{variant or 'bench arguments'}: mean over {len(cls)} draws, classifier alone: tuned "
+                f"{mean['val_dice_tuned']:.3f}, out of fold {mean['val_dice_out_of_fold']:.3f}, held-out photos "
+                f"{mean['held_out_dice_alone']:.3f}")
+        if variant:  # paired with the bench arguments' draws of the same seeds
+            pairs = [(r["classification"]["held_out_dice_alone"], by_variant[""][s]["classification"]
+                      ["held_out_dice_alone"]) for s, r in draws.items() if s in by_variant.get("", {})]
+            line += (f"; held-out change against the bench arguments on the same {len(pairs)} draws: "
+                     f"{sum(a - b for a, b in pairs) / max(len(pairs), 1):+.3f} "
+                     f"({', '.join(f'{a - b:+.3f}' for a, b in pairs)})")
+        print(line)
 
 if __name__ == "__main__":
     main()

@@ -249,7 +249,7 @@ def test_every_goal_runs_end_to_end(learned_cls, learned_seg, tiny_runs, tmp_pat
         assert "transfer_success_rate" in r and r["success_95ci"][0] <= r["success_rate"] <= r["success_95ci"][1]
     cost = {m: (r["target_forward_per_image"], r["target_backward_per_image"]) for m, r in saved["held_out"].items()}
     assert cost["generator"] == (1, 0) and cost["pgd2"] == (3, 2)  # one target (encoder) forward
-    assert set(saved["budget_table"]["4"]) == {"generator_rescaled", "pgd2"}
+    assert set(saved["budget_table"]["4"]) == {"generator_rescaled", "pgd2", "generator_rescaled_score", "pgd2_score"}
     gen = keras.models.load_model(os.path.join(out, "generator.keras"), safe_mode=True)
     assert gen.get_layer("budget").eps == 8.0
 
