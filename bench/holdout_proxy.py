@@ -39,10 +39,12 @@ HOLDOUT_FRACTION = 0.2
 BENCH_RUNS = {"cls": "cls_mobilenetv2", "seg": "seg_mobilenetv2_unet"}  # train_proxy.RUNS entry of each task
 
 
-# training changes of the classifier, one at a time from the bench's arguments (issue 16, item 2)
-TRAIN_VARIANTS = {"asl": dict(loss="asl"), "focal": dict(loss="focal"), "no_pos_weight": dict(pos_weight=False),
-                  "finetune_lr_0.3": dict(finetune_lr_factor=0.3), "img_288": dict(img_size=288),
-                  "epochs_30": dict(epochs=30), "frozen_10": dict(frozen_epochs=10)}
+# training changes, one at a time from the bench's arguments (issue 16, item 2): name -> (task, arguments)
+TRAIN_VARIANTS = {"asl": ("cls", dict(loss="asl")), "focal": ("cls", dict(loss="focal")),
+                  "no_pos_weight": ("cls", dict(pos_weight=False)),
+                  "finetune_lr_0.3": ("cls", dict(finetune_lr_factor=0.3)), "img_288": ("cls", dict(img_size=288)),
+                  "epochs_30": ("cls", dict(epochs=30)), "frozen_10": ("cls", dict(frozen_epochs=10)),
+                  "seg_epochs_50": ("seg", dict(epochs=50))}
 
 
 def draw_key(seed, variant=None):
@@ -106,21 +108,25 @@ def predict_scores(root, name, **options):
 def held_out_draw(proxy, seed, only, earlier, variant=None):
     """Train on one draw (held-out fifth chosen by `seed`) and score it; `earlier`: this draw's
     saved result (with only='seg', the classifier run it reuses); `variant`: a TRAIN_VARIANTS
-    change of the classifier's arguments. Returns the result dict."""
+    change of one task's arguments (a segmenter variant reuses the classifier of the draw's
+    plain run, copied). Returns the result dict."""
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}"
     root = draw_root(seed, variant)
+    base_cls = os.path.join(draw_root(seed), "cls")
+    if variant and only == "seg" and os.path.isdir(base_cls) and not os.path.isdir(os.path.join(root, "cls")):
+        shutil.copytree(base_cls, os.path.join(root, "cls"))
     data = os.path.join(root, "data")
     if only == "seg" and not (os.path.isfile(os.path.join(root, "cls", "metrics.json")) and "cls_arguments" in earlier):
         sys.exit(f"error: --only seg needs the classifier of an earlier --only cls run on draw {seed} ({root}/cls)")
     held_labels = make_holdout_data(proxy, data, seed)
     t = time.time()
     result = dict(machine=machine, holdout_fraction=HOLDOUT_FRACTION, holdout_seed=seed,
-                  held_out_images=len(held_labels), cls_variant=variant)
+                  held_out_images=len(held_labels), train_variant=variant)
     if only == "seg":  # the classifier of the earlier --only cls run on this draw stays
         result.update({k: earlier[k] for k in ("cls_arguments", "cls_time_limit_minutes")})
     for task in {"cls": ["cls"], "seg": ["seg"], "both": ["cls", "seg"]}[only]:
         script, kwargs, minutes = train_proxy.RUNS[BENCH_RUNS[task]]
-        kwargs = dict(kwargs, **(TRAIN_VARIANTS[variant] if variant and task == "cls" else {}))
+        kwargs = dict(kwargs, **(TRAIN_VARIANTS[variant][1] if variant else {}))
         script.train(data=data, out=os.path.join(root, task), overwrite=True, time_limit=minutes, **kwargs)
         result[f"{task}_arguments"], result[f"{task}_time_limit_minutes"] = kwargs, minutes
     for task in ["cls"] + (["seg"] if only != "cls" else []):  # did each schedule fit its time limit?
@@ -169,17 +175,18 @@ def main():
                    help="instead of training: score predict.py's inference options (VARIANTS) on the validation "
                         "split and the held-out photos of each draw, with its two finished runs")
     p.add_argument("--train", choices=list(TRAIN_VARIANTS),
-                   help="with --only cls: train the classifier with this change of its arguments "
-                        "(results and run folder seed<N>_<change>)")
+                   help="with --only of its task: train with this change of the arguments (results and run "
+                        "folder seed<N>_<change>; a segmenter change reuses the draw's classifier)")
     p.add_argument("--report", action="store_true", help="only print the table of the saved results")
     args = p.parse_args()
-    if args.train and (args.only != "cls" or args.variants):
-        sys.exit("error: --train goes with --only cls (and not with --variants)")
+    if args.train and (args.only != TRAIN_VARIANTS[args.train][0] or args.variants):
+        sys.exit(f"error: --train {args.train} goes with --only {TRAIN_VARIANTS[args.train][0]} "
+                 "(and not with --variants)")
     print(f"data {args.data}", flush=True)
     path = os.path.join(HERE, "results", "holdout_proxy.json")
     results = common.read_json(path) if os.path.isfile(path) else {}
     for seed in [] if args.report else args.seeds:
-        earlier = results.get(draw_key(seed, args.train), {})
+        earlier = results.get(draw_key(seed, args.train)) or results.get(draw_key(seed), {})
         if args.variants:
             if "held_out" not in earlier:
                 sys.exit(f"error: --variants needs draw {seed} trained with both tasks first")
@@ -209,21 +216,25 @@ def main():
                                                   f"{v[k]['score']:.3f}" for k in ("val", "held_out")) + " |")
     by_variant = {}  # training variant ('' for the bench's arguments) -> {seed: result}
     for r in results.values():
-        by_variant.setdefault(r.get("cls_variant") or "", {})[r["holdout_seed"]] = r
+        by_variant.setdefault(r.get("train_variant") or "", {})[r["holdout_seed"]] = r
     for variant, draws in by_variant.items():  # the mean over draws: what each estimate predicts
         cls = [r["classification"] for r in draws.values()]
         mean = {k: sum(c[k] for c in cls) / len(cls) for k in ("val_dice_tuned", "val_dice_out_of_fold",
                                                                 "held_out_dice_alone")}
-        line = (f"\n{variant or 'bench arguments'}: mean over {len(cls)} draws, classifier alone: tuned "
-                f"{mean['val_dice_tuned']:.3f}, out of fold {mean['val_dice_out_of_fold']:.3f}, held-out photos "
-                f"{mean['held_out_dice_alone']:.3f}")
-        if variant:  # paired with the bench arguments' draws of the same seeds
-            pairs = [(r["classification"]["held_out_dice_alone"], by_variant[""][s]["classification"]
-                      ["held_out_dice_alone"]) for s, r in draws.items() if s in by_variant.get("", {})]
-            line += (f"; held-out change against the bench arguments on the same {len(pairs)} draws: "
-                     f"{sum(a - b for a, b in pairs) / max(len(pairs), 1):+.3f} "
-                     f"({', '.join(f'{a - b:+.3f}' for a, b in pairs)})")
-        print(line)
+        print(f"\n{variant or 'bench arguments'}: mean over {len(cls)} draws, classifier alone: tuned "
+              f"{mean['val_dice_tuned']:.3f}, out of fold {mean['val_dice_out_of_fold']:.3f}, held-out photos "
+              f"{mean['held_out_dice_alone']:.3f}")
+        if variant:  # paired with the bench arguments' draws of the same seeds, on the held-out photos
+            task, base = TRAIN_VARIANTS[variant][0], by_variant.get("", {})
+            if task == "cls":
+                what, score = "classifier alone", lambda r: r["classification"]["held_out_dice_alone"]  # noqa: E731
+            else:
+                what, score = "segmentation", lambda r: r["held_out"]["segmentation"]  # noqa: E731
+            pairs = [(score(base[s]), score(r)) for s, r in draws.items()
+                     if s in base and (task == "cls" or "held_out" in base[s])]
+            print(f"  held-out {what} against the bench arguments on the same {len(pairs)} draws: "
+                  f"{sum(b - a for a, b in pairs) / max(len(pairs), 1):+.3f} "
+                  f"({', '.join(f'{a:.3f} -> {b:.3f}' for a, b in pairs)})")
 
 if __name__ == "__main__":
     main()
