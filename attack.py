@@ -618,7 +618,8 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
         generator's output refined by this many PGD steps (a labelled hybrid row).
     budgets: extra L-inf budgets (levels out of 255) for a success-vs-budget table of the
         generator (its perturbation rescaled to the budget) and PGD: success rate and mean score
-        after (`evaluate`'s score_after: target probability, or share of the box) per method.
+        after (`evaluate`'s score_after: the target probability for cls_targeted, the mean
+        probability of the clean labels for cls_untargeted, the share of the box for seg_targeted).
     max_train, max_eval: use at most this many training / held-out images.
     Returns the metrics dict (also written to out/metrics.json). Raises common.UserError for an
     unknown goal or class, a bad budget, a run folder of the wrong task or an existing `out`.

@@ -336,8 +336,8 @@ def report_cells(out):
                  "SSIM", "ms / image", "target passes fwd / bwd"], rows))
     if att.get("budget_table"):
         methods = list(next(iter(att["budget_table"].values())))
-        text += ("\n\nSuccess and mean score after (target probability or share of the box) against the L-inf "
-                 "budget (the generator rescaled to each budget):\n\n") + markdown_table(
+        text += ("\n\nSuccess and mean score after (as in the table above) against the L-inf budget (the "
+                 "generator rescaled to each budget):\n\n") + markdown_table(
             ["budget /255"] + methods, [[b] + [num(v) for v in r.values()]
                                         for b, r in sorted(att["budget_table"].items(), key=lambda kv: float(kv[0]))])
     cells.append(md(text))

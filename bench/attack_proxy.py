@@ -91,7 +91,8 @@ def main():
     for name, r in results.items():
         if r["metrics"]["budget_table"]:
             print(f"\n{name}: success (and mean score after) vs L-inf budget (held-out)\n| budget /255 | " +
-                  " | ".join(next(iter(r["metrics"]["budget_table"].values()))) + " |")
+                  " | ".join(next(iter(r["metrics"]["budget_table"].values()))) + " |\n|---|" +
+                  "---|" * len(next(iter(r["metrics"]["budget_table"].values()))))
             for b, row in sorted(r["metrics"]["budget_table"].items(), key=lambda kv: float(kv[0])):
                 print(f"| {b} | " + " | ".join(f"{v:.3f}" for v in row.values()) + " |")
         c = r["learning_curve"]

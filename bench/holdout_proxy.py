@@ -12,8 +12,10 @@ competition's rule, beside the estimates the runs report on their validation spl
     KERAS_HOME=../shared/keras_home python bench/holdout_proxy.py --variants   # predict.py options, draw 1
     KERAS_HOME=../shared/keras_home python bench/holdout_proxy.py --only cls --train asl --seeds 1 2 3
 
-Each draw trains under the bench's time limits (classifier 30 min, finished in about 4 here;
-segmenter 58 min). The held-out photos are given to predict.py as the test split of a
+`--train NAME` trains with one change of TRAIN_VARIANTS instead (run folder and results key
+seed<N>_<NAME>; a segmenter change reuses the draw's classifier) and the report pairs it with
+the plain draws of the same seeds. Each draw trains under the bench's time limits (classifier
+30 min, finished in about 4 here; segmenter 58 min). The held-out photos are given to predict.py as the test split of a
 derived VOC-layout folder (runs/bench_holdout_seed<N>/data: links to the proxy's files, masks
 only for the training part, and a solution.csv built from the held-out masks). Writes
 runs/bench_holdout_seed<N>/ and bench/results/holdout_proxy.json (one entry per draw), and prints
@@ -113,11 +115,12 @@ def held_out_draw(proxy, seed, only, earlier, variant=None):
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}"
     root = draw_root(seed, variant)
     base_cls = os.path.join(draw_root(seed), "cls")
-    if variant and only == "seg" and os.path.isdir(base_cls) and not os.path.isdir(os.path.join(root, "cls")):
+    if only == "seg" and not (os.path.isfile(os.path.join(base_cls, "metrics.json")) and "cls_arguments" in earlier):
+        sys.exit(f"error: --only seg needs the classifier of an earlier --only cls run on draw {seed} ({base_cls})")
+    if variant and only == "seg":  # the draw's current classifier, copied afresh
+        shutil.rmtree(os.path.join(root, "cls"), ignore_errors=True)
         shutil.copytree(base_cls, os.path.join(root, "cls"))
     data = os.path.join(root, "data")
-    if only == "seg" and not (os.path.isfile(os.path.join(root, "cls", "metrics.json")) and "cls_arguments" in earlier):
-        sys.exit(f"error: --only seg needs the classifier of an earlier --only cls run on draw {seed} ({root}/cls)")
     held_labels = make_holdout_data(proxy, data, seed)
     t = time.time()
     result = dict(machine=machine, holdout_fraction=HOLDOUT_FRACTION, holdout_seed=seed,
@@ -216,25 +219,34 @@ def main():
                                                   f"{v[k]['score']:.3f}" for k in ("val", "held_out")) + " |")
     by_variant = {}  # training variant ('' for the bench's arguments) -> {seed: result}
     for r in results.values():
-        by_variant.setdefault(r.get("train_variant") or "", {})[r["holdout_seed"]] = r
+        if (r.get("train_variant") or "") in {"", *TRAIN_VARIANTS}:
+            by_variant.setdefault(r.get("train_variant") or "", {})[r["holdout_seed"]] = r
     for variant, draws in by_variant.items():  # the mean over draws: what each estimate predicts
-        cls = [r["classification"] for r in draws.values()]
-        mean = {k: sum(c[k] for c in cls) / len(cls) for k in ("val_dice_tuned", "val_dice_out_of_fold",
-                                                                "held_out_dice_alone")}
-        print(f"\n{variant or 'bench arguments'}: mean over {len(cls)} draws, classifier alone: tuned "
-              f"{mean['val_dice_tuned']:.3f}, out of fold {mean['val_dice_out_of_fold']:.3f}, held-out photos "
-              f"{mean['held_out_dice_alone']:.3f}")
+        task = TRAIN_VARIANTS[variant][0] if variant else "cls"
+        if task == "cls":
+            cls = [r["classification"] for r in draws.values()]
+            mean = {k: sum(c[k] for c in cls) / len(cls) for k in ("val_dice_tuned", "val_dice_out_of_fold",
+                                                                    "held_out_dice_alone")}
+            print(f"\n{variant or 'bench arguments'}: mean over {len(cls)} draws, classifier alone: tuned "
+                  f"{mean['val_dice_tuned']:.3f}, out of fold {mean['val_dice_out_of_fold']:.3f}, held-out photos "
+                  f"{mean['held_out_dice_alone']:.3f}")
+        else:  # a segmenter change: the classifier is the plain draw's
+            print(f"\n{variant}: {len(draws)} draws")
         if variant:  # paired with the bench arguments' draws of the same seeds, on the held-out photos
-            task, base = TRAIN_VARIANTS[variant][0], by_variant.get("", {})
+            base = by_variant.get("", {})
             if task == "cls":
                 what, score = "classifier alone", lambda r: r["classification"]["held_out_dice_alone"]  # noqa: E731
             else:
                 what, score = "segmentation", lambda r: r["held_out"]["segmentation"]  # noqa: E731
             pairs = [(score(base[s]), score(r)) for s, r in draws.items()
                      if s in base and (task == "cls" or "held_out" in base[s])]
+            if not pairs:
+                print(f"  no draw of the bench arguments to pair {variant} with")
+                continue
             print(f"  held-out {what} against the bench arguments on the same {len(pairs)} draws: "
-                  f"{sum(b - a for a, b in pairs) / max(len(pairs), 1):+.3f} "
+                  f"{sum(b - a for a, b in pairs) / len(pairs):+.3f} "
                   f"({', '.join(f'{a:.3f} -> {b:.3f}' for a, b in pairs)})")
+
 
 if __name__ == "__main__":
     main()
