@@ -90,9 +90,9 @@ def main():
                   f"| {m['target_forward_per_image']}/{m['target_backward_per_image']} |")
     for name, r in results.items():
         if r["metrics"]["budget_table"]:
+            columns = list(next(iter(r["metrics"]["budget_table"].values())))
             print(f"\n{name}: success (and mean score after) vs L-inf budget (held-out)\n| budget /255 | " +
-                  " | ".join(next(iter(r["metrics"]["budget_table"].values()))) + " |\n|---|" +
-                  "---|" * len(next(iter(r["metrics"]["budget_table"].values()))))
+                  " | ".join(columns) + " |\n|---|" + "---|" * len(columns))
             for b, row in sorted(r["metrics"]["budget_table"].items(), key=lambda kv: float(kv[0])):
                 print(f"| {b} | " + " | ".join(f"{v:.3f}" for v in row.values()) + " |")
         c = r["learning_curve"]

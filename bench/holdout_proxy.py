@@ -15,11 +15,11 @@ competition's rule, beside the estimates the runs report on their validation spl
 `--train NAME` trains with one change of TRAIN_VARIANTS instead (run folder and results key
 seed<N>_<NAME>; a segmenter change reuses the draw's classifier) and the report pairs it with
 the plain draws of the same seeds. Each draw trains under the bench's time limits (classifier
-30 min, finished in about 4 here; segmenter 58 min). The held-out photos are given to predict.py as the test split of a
-derived VOC-layout folder (runs/bench_holdout_seed<N>/data: links to the proxy's files, masks
-only for the training part, and a solution.csv built from the held-out masks). Writes
-runs/bench_holdout_seed<N>/ and bench/results/holdout_proxy.json (one entry per draw), and prints
-a table.
+30 min, finished in about 4 here; segmenter 58 min). The held-out photos are given to
+predict.py as the test split of a derived VOC-layout folder (runs/bench_holdout_seed<N>/data:
+links to the proxy's files, masks only for the training part, and a solution.csv built from the
+held-out masks). Writes runs/bench_holdout_seed<N>[_<NAME>]/ and bench/results/holdout_proxy.json
+(one entry per draw), and prints a table.
 """
 
 import argparse
@@ -219,8 +219,9 @@ def main():
                                                   f"{v[k]['score']:.3f}" for k in ("val", "held_out")) + " |")
     by_variant = {}  # training variant ('' for the bench's arguments) -> {seed: result}
     for r in results.values():
-        if (r.get("train_variant") or "") in {"", *TRAIN_VARIANTS}:
-            by_variant.setdefault(r.get("train_variant") or "", {})[r["holdout_seed"]] = r
+        variant = r.get("train_variant") or ""
+        if variant in {"", *TRAIN_VARIANTS}:
+            by_variant.setdefault(variant, {})[r["holdout_seed"]] = r
     for variant, draws in by_variant.items():  # the mean over draws: what each estimate predicts
         task = TRAIN_VARIANTS[variant][0] if variant else "cls"
         if task == "cls":
