@@ -5,10 +5,11 @@ of attack.py, on the same held-out images and by the same rule as attack.py:
 - eps * sign(delta): projected onto the corner of the L-inf ball (the generator's L-inf bound,
   eps * tanh(2 raw / rms), uses about 80% of the budget at a typical pixel), then onto the L2
   ball if the run has one;
-- generator + PGD-k (k = 1, 2): the generator's perturbation refined by k signed gradient steps,
-  a hybrid (k + 2 target forwards and k backwards per image), beside PGD-k from zero (k + 1
-  forwards, k backwards), so the gain of the generator's start is visible at equal backward
-  passes (one forward more).
+- generator + k refinement steps (k = 1, 2): the generator's perturbation refined by k signed
+  gradient steps of eps / 4 on the images not fooled yet (`attack.gradient_attack` with a
+  start), a hybrid (k + 2 target forwards and k backwards per image), beside PGD-k from zero
+  (k + 1 forwards, k backwards), so the gain of the generator's start is visible at equal
+  backward passes (one forward more).
 
     KERAS_HOME=../shared/keras_home python bench/attack_refine.py runs/bench_attack_cls_targeted_eps16_b8_57min
 
@@ -42,7 +43,7 @@ def main(run, steps=(1, 2)):
                 "eps * sign(delta)": lambda x: attack.perturb(x, attack.project(eps * tf.sign(delta_of(x)), eps, l2))}
     for k in steps:
         variants[f"pgd{k} from zero"] = lambda x, k=k: x + attack.gradient_attack(goal, x, eps, l2, steps=k)
-        variants[f"generator + pgd{k} (hybrid)"] = lambda x, k=k: x + attack.gradient_attack(
+        variants[f"generator + {k} refinement steps (hybrid)"] = lambda x, k=k: x + attack.gradient_attack(
             goal, x, eps, l2, steps=k, start=attack.perturb(x, delta_of(x)) - x)
     out = {}
     for name, craft in variants.items():

@@ -183,6 +183,11 @@ def test_target_stays_frozen_and_generator_gradients_stay_alive(trained_attack):
     assert float(loss) > 0 and not dead  # no saturation: every weight still gets a gradient
 
 
+def test_the_gate_passes_exactly_where_the_target_unit_is_active():
+    features = tf.constant([[[[-1.0, 0.0, 1e-6, 6.0]]]])
+    np.testing.assert_array_equal(attack.ActiveUnits()(features).numpy(), [[[[0.0, 0.0, 1.0, 1.0]]]])
+
+
 def test_training_views_are_mirrored_and_shifted_copies():
     rng = np.random.default_rng(0)
     images = tf.constant(rng.uniform(0, 255, (8, 40, 40, 3)), tf.float32)
@@ -216,6 +221,23 @@ def test_fgsm_and_pgd_meet_the_budget_and_move_towards_the_goal(cls_goal, train_
     assert attack.image_quality(x, x + delta)["psnr"].min() >= 40.0 - 1e-3
 
 
+def test_refinement_moves_only_the_images_not_fooled_yet(cls_goal, train_images):
+    """A refinement from a start (the hybrid) leaves every image the start already fools exactly as
+    it was, and lowers the margin of the others."""
+    x = tf.constant(train_images)
+    reference = cls_goal.reference(cls_goal.logits(x))
+    start = attack.gradient_attack(cls_goal, x, 8.0, None, steps=3)  # fools some images, not all
+    fooled = (cls_goal.margin(cls_goal.logits(x + start), reference) <= 0).numpy()
+    assert 0 < fooled.sum() < len(fooled)
+    refined = attack.gradient_attack(cls_goal, x, 8.0, None, steps=1, start=start)
+    moved = np.abs((refined - start).numpy()).max((1, 2, 3)) > 0
+    np.testing.assert_array_equal(moved, ~fooled)
+    assert float(tf.reduce_max(tf.abs(refined))) <= 8.0 + 1e-4
+    before = cls_goal.margin(cls_goal.logits(x + start), reference).numpy()[~fooled]
+    after = cls_goal.margin(cls_goal.logits(x + refined), reference).numpy()[~fooled]
+    assert after.mean() < before.mean()
+
+
 def test_random_noise_control_uses_the_budget():
     x = tf.fill((2, 16, 16, 3), 128.0)
     d = attack.random_noise(x, 8.0).numpy()
@@ -234,7 +256,8 @@ def test_every_goal_runs_end_to_end(learned_cls, learned_seg, tiny_runs, tmp_pat
     target, other = (learned_seg, tiny_runs[1]) if goal == "seg_targeted" else (learned_cls, tiny_runs[0])
     # a time limit shorter than one epoch: the run stops after its first epoch and says so
     metrics = attack.run(target=target, goal=goal, eps=8.0, psnr_min=30.0, epochs=3, time_limit=1e-4, batch_size=8,
-                         width=4, out=out, pgd_steps=2, hybrid_steps=1, budgets=[4.0], transfer=other, max_train=32,
+                         width=4, gate=goal == "cls_untargeted", out=out, pgd_steps=2, hybrid_steps=1, budgets=[4.0],
+                         transfer=other, max_train=32,
                          max_eval=16, verbose=0)
     assert metrics["epochs"] == 1 and metrics["epochs_configured"] == 3 and metrics["stopped_by_time_limit"]
     assert metrics["train_image_gradients"] == 32
@@ -243,7 +266,7 @@ def test_every_goal_runs_end_to_end(learned_cls, learned_seg, tiny_runs, tmp_pat
     assert metrics["target_weights_unchanged"]
     saved = json.load(open(os.path.join(out, "metrics.json")))
     assert "image_gradients" in open(os.path.join(out, "log.csv")).readline()
-    for method in ("generator", "random_noise", "fgsm", "pgd2", "generator+pgd1"):
+    for method in ("generator", "random_noise", "fgsm", "pgd2", "generator+refine1"):
         r = saved["held_out"][method]
         assert r["linf_max_255"] <= 8.0 + 1e-3 and r["psnr_min"] >= 30.0 - 1e-3
         assert "transfer_success_rate" in r and r["success_95ci"][0] <= r["success_rate"] <= r["success_95ci"][1]
@@ -252,6 +275,8 @@ def test_every_goal_runs_end_to_end(learned_cls, learned_seg, tiny_runs, tmp_pat
     assert set(saved["budget_table"]["4"]) == {"generator_rescaled", "pgd2", "generator_rescaled_score", "pgd2_score"}
     gen = keras.models.load_model(os.path.join(out, "generator.keras"), safe_mode=True)
     assert gen.get_layer("budget").eps == 8.0
+    gated = any(isinstance(layer, attack.ActiveUnits) for layer in gen.layers)  # saved and loaded with its gate
+    assert saved["gate"] == gated == (goal == "cls_untargeted")
 
 
 def test_generator_success_matches_the_product_rule(cls_goal, train_images):
