@@ -27,10 +27,11 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 
-def main(run, steps=(1, 2)):
-    """Evaluate the variants above for one run folder; returns {variant: evaluate's summary}."""
+def load_run(run):
+    """One attack.py run folder: (goal, held-out images, eps, l2, delta_of), delta_of(x) the saved
+    generator's perturbation of a batch, pixel units."""
     metrics = common.read_json(os.path.join(run, "metrics.json"))
-    goal_name, cls, eps, l2 = metrics["goal"], metrics["target_class"], metrics["eps_255"], metrics["l2_radius"]
+    goal_name, cls = metrics["goal"], metrics["target_class"]
     generator = keras.models.load_model(os.path.join(run, "generator.keras"), safe_mode=True)
     goal = attack.load_target(metrics["target_run"], goal_name, cls)
     _, val = attack.attack_images(goal.config, None, True, cls if goal_name == "cls_targeted" else None,
@@ -39,6 +40,28 @@ def main(run, steps=(1, 2)):
     def delta_of(x):
         return generator([x, goal.condition(len(x))], training=False)
 
+    return goal, val, metrics["eps_255"], metrics["l2_radius"], delta_of
+
+
+def record(file_name, evaluate_run, runs):
+    """Evaluate each run folder with evaluate_run(run) -> {variant: evaluate's summary}, keep the
+    results in bench/results/<file_name> (one entry per run folder) and print them as a table."""
+    path = os.path.join(HERE, "results", file_name)
+    results = common.read_json(path) if os.path.isfile(path) else {}
+    for run in runs:
+        results[os.path.basename(run.rstrip("/"))] = evaluate_run(run)
+        common.write_json(path, results)
+    print("\n| run | variant | held-out success [95% CI] | PSNR mean dB | ms/image |\n|---|---|---|---|---|")
+    for run, rows in results.items():
+        for name, r in rows.items():
+            lo, hi = r["success_95ci"]
+            print(f"| {run} | {name} | {r['success_rate']:.3f} [{lo:.3f}, {hi:.3f}] | {r['psnr_mean']:.1f} "
+                  f"| {r['ms_per_image']:.0f} |")
+
+
+def main(run, steps=(1, 2)):
+    """Evaluate the variants above for one run folder; returns {variant: evaluate's summary}."""
+    goal, val, eps, l2, delta_of = load_run(run)
     variants = {"as trained": lambda x: attack.perturb(x, delta_of(x)),
                 "eps * sign(delta)": lambda x: attack.perturb(x, attack.project(eps * tf.sign(delta_of(x)), eps, l2))}
     for k in steps:
@@ -53,14 +76,4 @@ def main(run, steps=(1, 2)):
 
 
 if __name__ == "__main__":
-    path = os.path.join(HERE, "results", "attack_refine.json")
-    results = common.read_json(path) if os.path.isfile(path) else {}
-    for run in sys.argv[1:]:
-        results[os.path.basename(run.rstrip("/"))] = main(run)
-        common.write_json(path, results)
-    print("\n| run | variant | held-out success [95% CI] | PSNR mean dB | ms/image |\n|---|---|---|---|---|")
-    for run, rows in results.items():
-        for name, r in rows.items():
-            lo, hi = r["success_95ci"]
-            print(f"| {run} | {name} | {r['success_rate']:.3f} [{lo:.3f}, {hi:.3f}] | {r['psnr_mean']:.1f} "
-                  f"| {r['ms_per_image']:.0f} |")
+    record("attack_refine.json", main, sys.argv[1:])

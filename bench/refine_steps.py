@@ -13,9 +13,9 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 import attack  # noqa: E402,I001
-import common  # noqa: E402
-import keras  # noqa: E402
+import attack_refine  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 
@@ -38,15 +38,10 @@ def refine(goal, images, start, eps, l2, steps, step_size, every_image):
 
 def main(run):
     """Evaluate every (images, k, step) variant for one run folder; returns {variant: evaluate's summary}."""
-    metrics = common.read_json(os.path.join(run, "metrics.json"))
-    goal_name, cls, eps, l2 = metrics["goal"], metrics["target_class"], metrics["eps_255"], metrics["l2_radius"]
-    generator = keras.models.load_model(os.path.join(run, "generator.keras"), safe_mode=True)
-    goal = attack.load_target(metrics["target_run"], goal_name, cls)
-    _, val = attack.attack_images(goal.config, None, True, cls if goal_name == "cls_targeted" else None,
-                                  metrics["held_out_images"])
+    goal, val, eps, l2, delta_of = attack_refine.load_run(run)
 
     def start(x):
-        return attack.perturb(x, generator([x, goal.condition(len(x))], training=False)) - x
+        return attack.perturb(x, delta_of(x)) - x
 
     out = {}
     for every_image in (True, False):
@@ -61,13 +56,4 @@ def main(run):
 
 
 if __name__ == "__main__":
-    path = os.path.join(HERE, "results", "refine_steps.json")
-    results = common.read_json(path) if os.path.isfile(path) else {}
-    for run in sys.argv[1:]:
-        results[os.path.basename(run.rstrip("/"))] = main(run)
-        common.write_json(path, results)
-    print("\n| run | refinement | held-out success [95% CI] | PSNR mean dB |\n|---|---|---|---|")
-    for run, rows in results.items():
-        for name, r in rows.items():
-            lo, hi = r["success_95ci"]
-            print(f"| {run} | {name} | {r['success_rate']:.3f} [{lo:.3f}, {hi:.3f}] | {r['psnr_mean']:.1f} |")
+    attack_refine.record("refine_steps.json", main, sys.argv[1:])
