@@ -195,9 +195,8 @@ def build_generator(taps, eps, psnr_min=None, width=16, gate=False):
     the target's units are active (`ActiveUnits`) and projected back. On the proxy classifier it
     gained on cls_untargeted 8/255 (held-out 0.788 against 0.748, same schedule) and lost on
     aeroplane 16/255 (0.753 against 0.781), one run each (bench/README.md), so it is off by
-    default. At full
-    size the image itself joins, and a zero-initialised 3x3 conv gives the image-dependent part of
-    the raw perturbation. Added to it: a learned universal part per
+    default. At full size the image itself joins, and a zero-initialised 3x3 conv gives the
+    image-dependent part of the raw perturbation. Added to it: a learned universal part per
     condition (`Template`); `squash_into_budget` bounds the sum. Reading the target's own
     features costs the target's encoder once per image and lets a small decoder adapt the
     perturbation to each image.
@@ -460,8 +459,10 @@ def gradient_attack(goal, images, eps, l2=None, steps=10, start=None):
     Costs one target forward (the clean reference) plus `steps` forward+backward passes per image.
     Returns delta (B, S, S, 3), pixel units."""
     reference = goal.reference(goal.logits(images))
-    step_size = eps / 4 if start is not None else eps if steps == 1 else 2.5 * eps / steps
-    delta = tf.zeros_like(images) if start is None else start
+    if start is None:
+        delta, step_size = tf.zeros_like(images), eps if steps == 1 else 2.5 * eps / steps
+    else:
+        delta, step_size = start, eps / 4
     for _ in range(steps):
         with tf.GradientTape() as tape:
             tape.watch(delta)

@@ -257,8 +257,7 @@ def test_every_goal_runs_end_to_end(learned_cls, learned_seg, tiny_runs, tmp_pat
     # a time limit shorter than one epoch: the run stops after its first epoch and says so
     metrics = attack.run(target=target, goal=goal, eps=8.0, psnr_min=30.0, epochs=3, time_limit=1e-4, batch_size=8,
                          width=4, gate=goal == "cls_untargeted", out=out, pgd_steps=2, hybrid_steps=1, budgets=[4.0],
-                         transfer=other, max_train=32,
-                         max_eval=16, verbose=0)
+                         transfer=other, max_train=32, max_eval=16, verbose=0)
     assert metrics["epochs"] == 1 and metrics["epochs_configured"] == 3 and metrics["stopped_by_time_limit"]
     assert metrics["train_image_gradients"] == 32
     for name in ("generator.keras", "metrics.json", "panel.png", "log.csv", "curves.png"):
