@@ -63,8 +63,16 @@ RUNS = {
                                       budgets=[4.0, 12.0, 16.0]),
     "cls_targeted_eps16_gated": dict(target=CLS, goal="cls_targeted", target_class="aeroplane", eps=16.0, epochs=150,
                                      time_limit=45.0, batch_size=8, gate=True, hybrid_steps=1, budgets=[8.0]),
-    "cls_untargeted_eps8_log_57min": dict(target=CLS, goal="cls_untargeted", eps=8.0, epochs=150, time_limit=57.0,
-                                          batch_size=8, margin_loss="log", budgets=[4.0, 12.0, 16.0]),
+    # the gated untargeted run was still creeping up (0.77 -> 0.79 over its last 4k image-gradients): the same
+    # run with the whole 60 minutes (57 min: the last epoch is planned at the median pace). Outcome: 0.801
+    "cls_untargeted_eps8_gated_57min": dict(target=CLS, goal="cls_untargeted", eps=8.0, epochs=150, time_limit=57.0,
+                                            batch_size=8, margin_loss="log", gate=True, hybrid_steps=1,
+                                            budgets=[4.0, 12.0, 16.0]),
+    # the confidence kappa (`--confidence 1`, Carlini & Wagner): the 57-minute aeroplane generator's held-out
+    # failures are near misses (median margin 1.1 logits, a quarter under 0.55), so train it to pass by one
+    # logit; 42 minutes, as the batch-8 aeroplane run that reached 0.781. Outcome: 0.836
+    "cls_targeted_eps16_conf1": dict(target=CLS, goal="cls_targeted", target_class="aeroplane", eps=16.0, epochs=150,
+                                     time_limit=42.0, batch_size=8, confidence=1.0, hybrid_steps=1, budgets=[8.0]),
 }
 
 

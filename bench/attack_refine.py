@@ -45,7 +45,8 @@ def load_run(run):
 
 def record(file_name, evaluate_run, runs):
     """Evaluate each run folder with evaluate_run(run) -> {variant: evaluate's summary}, keep the
-    results in bench/results/<file_name> (one entry per run folder) and print them as a table."""
+    results in bench/results/<file_name> (one entry per run folder), print them as a table and
+    return them all."""
     path = os.path.join(HERE, "results", file_name)
     results = common.read_json(path) if os.path.isfile(path) else {}
     for run in runs:
@@ -57,6 +58,7 @@ def record(file_name, evaluate_run, runs):
             lo, hi = r["success_95ci"]
             print(f"| {run} | {name} | {r['success_rate']:.3f} [{lo:.3f}, {hi:.3f}] | {r['psnr_mean']:.1f} "
                   f"| {r['ms_per_image']:.0f} |")
+    return results
 
 
 def main(run, steps=(1, 2)):

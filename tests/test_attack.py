@@ -3,6 +3,7 @@ keeps learning, a frozen target, FGSM/PGD, every goal end to end, errors."""
 
 import json
 import os
+import time
 
 import keras
 import numpy as np
@@ -125,6 +126,33 @@ def test_classifier_margin_known_answers():
     assert untargeted.margin(tf.constant(z), tf.constant(reference)).numpy() == pytest.approx([2.0, 2.0, 0.0])
 
 
+def test_confidence_asks_the_decision_to_survive_a_shift_of_every_logit():
+    """Goal.loss(confidence=k) is zero only when the decision survives every logit moving k against
+    the goal, for all three goals (known answers)."""
+    thresholds = np.full(20, 0.5)  # tau = 0
+    targeted = attack.Goal("cls_targeted", _LogitModel(), {"img_size": 8}, "aeroplane", thresholds)
+    z = np.full((2, 20), -1.5, np.float32)
+    z[0, 0], z[1, 0] = 1.0, 3.0  # aeroplane passes by 1 and by 3
+    no_keep = tf.zeros((2, 20))
+    assert targeted.loss(tf.constant(z), no_keep).numpy() == pytest.approx([0.0, 0.0])
+    # shifted by 2: aeroplane -1 and 1, the others 0.5 (passing): min(1 to the threshold, 0.5 + 1.5 to the top)
+    assert targeted.loss(tf.constant(z), no_keep, confidence=2.0).numpy() == pytest.approx([1.0, 0.0])
+    untargeted = attack.Goal("cls_untargeted", _LogitModel(), {"img_size": 8}, None, thresholds)
+    reference = np.zeros((2, 20), np.float32)
+    reference[:, 14] = 1  # person was reported
+    z = np.full((2, 20), -5.0, np.float32)
+    z[:, 2], z[0, 14], z[1, 14] = 1.0, -0.5, -3.0  # bird passes by 1; person below its threshold by 0.5 and by 3
+    assert untargeted.loss(tf.constant(z), tf.constant(reference)).numpy() == pytest.approx([0.0, 0.0])
+    # shifted by 2: person 1.5 and -1, bird -1 (passing nothing); image 0: 1.5 + min(1, 2.5), image 1: a tie at the top
+    assert untargeted.loss(tf.constant(z), tf.constant(reference), 2.0).numpy() == pytest.approx([2.5, 0.0])
+    seg = attack.Goal("seg_targeted", _LogitModel(), {"img_size": 8}, "chair", keep_weight=0.0)
+    z = np.zeros((1, 8, 8, 21), np.float32)
+    z[..., 9] = 1.0  # chair leads every pixel by 1
+    reference = tf.zeros((1, 8, 8), tf.int32)
+    assert seg.loss(tf.constant(z), reference, confidence=0.4).numpy() == pytest.approx([0.0])
+    assert seg.loss(tf.constant(z), reference, confidence=3.0).numpy() == pytest.approx([5.0])
+
+
 def test_segmentation_margin_is_zero_exactly_when_enough_of_the_box_is_the_class():
     rng = np.random.default_rng(1)
     goal = attack.Goal("seg_targeted", _LogitModel(), {"img_size": 8}, "chair")
@@ -242,6 +270,23 @@ def test_random_noise_control_uses_the_budget():
     x = tf.fill((2, 16, 16, 3), 128.0)
     d = attack.random_noise(x, 8.0).numpy()
     assert set(np.unique(d)) == {-8.0, 8.0}
+
+
+def test_evaluate_times_the_steady_state_not_the_first_call(cls_goal, train_images):
+    """A method whose first call per batch shape costs 0.5 s (as tracing a compiled function does)
+    is timed at its per-image cost: the untimed warm-up takes the one-off cost."""
+    shapes = set()
+
+    def craft(x):
+        if x.shape[0] not in shapes:
+            shapes.add(x.shape[0])
+            time.sleep(0.5)
+        return x
+
+    summary, adv = attack.evaluate(cls_goal, train_images[:20], craft, batch_size=8)  # batches of 8, 8, 4
+    assert shapes == {8, 4}
+    assert summary["ms_per_image"] < 20 and summary["images"] == 20
+    np.testing.assert_array_equal(adv, train_images[:20])
 
 
 def test_wilson_interval_known_values():

@@ -1,0 +1,43 @@
+"""Benchmark: per-image cost of a saved generator against PGD-10 at the same budget (issue 13:
+at test time the generator must be at least 10x faster than PGD-10 per image). For each run
+folder of attack.py, on its held-out images: the generator as attack.run evaluates it (the
+compiled GeneratorAttack.predict_on_batch, one target encoder forward per image) and PGD-10
+(`attack.gradient_attack`, 11 target forwards and 10 backwards per image), both timed by
+`attack.evaluate` in batches of 16 after an untimed warm-up call per batch shape.
+
+    KERAS_HOME=../shared/keras_home python bench/attack_speed.py runs/bench_attack_cls_untargeted_eps8_gated
+
+Writes bench/results/attack_speed.json (one entry per run folder) and prints a table; run it
+alone (the numbers are wall-clock times).
+"""
+
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+import attack  # noqa: E402,I001
+import keras  # noqa: E402
+from attack_refine import load_run, record  # noqa: E402
+
+
+def time_run(run):
+    """Time the generator and PGD-10 on one run folder's held-out images; returns
+    {method: evaluate's summary}."""
+    goal, val, eps, l2, _ = load_run(run)
+    generator = keras.models.load_model(os.path.join(run, "generator.keras"), safe_mode=True)
+    methods = {"generator": attack.GeneratorAttack(generator, goal).predict_on_batch,
+               "pgd10": lambda x: x + attack.gradient_attack(goal, x, eps, l2, steps=10)}
+    return {name: attack.evaluate(goal, val, craft)[0] for name, craft in methods.items()}
+
+
+def main(runs):
+    results = record("attack_speed.json", time_run, runs)
+    print("\n| run | PGD-10 / generator time per image |\n|---|---|")
+    for run, r in results.items():
+        print(f"| {run} | {r['pgd10']['ms_per_image'] / r['generator']['ms_per_image']:.1f}x |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
