@@ -361,8 +361,10 @@ class Goal:
         """Per-image training loss (B,): margin + keep_weight x keep, or log(1 + that) (margin_loss).
         confidence: the margin is taken on logits each moved this many against the goal (the ones
         that help it lowered, all others raised), so the loss is zero only when the decision would
-        survive such a shift of every logit: the confidence kappa of Carlini & Wagner (2017),
-        "Towards evaluating the robustness of neural networks". Success is still judged at margin 0."""
+        survive such a shift of every logit (a threshold passed by that much, a comparison of two
+        logits won by twice that): the confidence kappa of Carlini & Wagner (2017), "Towards
+        evaluating the robustness of neural networks". The keep term and success (margin 0) use
+        the logits as they are."""
         if self.name == "cls_untargeted":  # the clean labels hurt the goal, every other class helps it
             against = 2.0 * reference - 1.0
         else:  # the class (channel t + 1, after background, for a segmenter) helps, every other one hurts
@@ -529,8 +531,10 @@ def evaluate(goal, images, craft, batch_size=16, transfer=None):
     for k in range(0, len(images), batch_size):
         x = tf.constant(images[k:k + batch_size])
         t = time.time()
-        adv = tf.convert_to_tensor(craft(x))
+        adv = np.asarray(craft(x))  # copied to host memory inside the timed window: a GPU method is timed to its end
         rows["seconds"].append(np.full(len(x), (time.time() - t) / len(x)))
+        adv_all.append(adv)
+        adv = tf.constant(adv)
         clean_out = goal.target(x, training=False)
         reference = goal.reference(goal.logits(x))
         for key, out in (("before", clean_out), ("", goal.target(adv, training=False))):
@@ -545,7 +549,6 @@ def evaluate(goal, images, craft, batch_size=16, transfer=None):
             ref_t = transfer.reference(transfer.logits(xt))
             rows["transfer_ok"].append(transfer.judge(transfer.target(at, training=False), ref_t)[0])
             rows["transfer_ok_before"].append(transfer.judge(transfer.target(xt, training=False), ref_t)[0])
-        adv_all.append(adv.numpy())
     per_image = {k: np.concatenate(v) for k, v in rows.items()}
     n, hits = len(images), int(per_image["ok"].sum())
     summary = {"success_rate": hits / n, "success_95ci": wilson(hits, n),
@@ -653,8 +656,10 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
     epochs, batch_size, lr: generator training (Adam, cosine decay per epoch from lr towards 2% of it).
     margin_loss: 'linear' (default) or 'log': the training loss per image is the goal's margin plus
         half its keep term, or log(1 + that) (`Goal`).
-    confidence: train the generator to pass the goal by this many logits (`Goal.loss`; default 0),
-        so that held-out images near the boundary pass too; success is judged at 0 as always.
+    confidence: train the generator until its decision would survive every logit moving this many
+        against the goal (`Goal.loss`; default 0): a threshold passed by that much, a comparison
+        of two logits won by twice that; so that held-out images near the boundary pass too;
+        success is judged at 0 as always.
     time_limit: minutes of generator training (default None: no limit); from the epochs' pace the
         schedule is shortened to the epochs that fit, so that it still decays fully
         (`common.TimeLimit`); metrics.json says how many epochs ran and were planned.
@@ -801,8 +806,10 @@ def main(argv=None):
                    help="training loss per image: the margin (plus half the keep term), or log(1 + that), which "
                         "favours images near the goal (default %(default)s)")
     p.add_argument("--confidence", type=float, default=0.0,
-                   help="train the generator to pass the goal by this many logits (Carlini-Wagner kappa), so held-out "
-                        "images near the boundary pass too; success is still judged at 0 (default %(default)s)")
+                   help="train until the decision survives every logit moving this many against the goal (a "
+                        "threshold passed by that much, two logits compared won by twice that; Carlini-Wagner "
+                        "kappa), so held-out images near the boundary pass too; success is still judged at 0 "
+                        "(default %(default)s)")
     p.add_argument("--width", type=int, default=16, help="generator filters at full resolution (default %(default)s)")
     p.add_argument("--gate", action="store_true",
                    help="gate the decoder by the target's active units (helped cls_untargeted, not aeroplane)")

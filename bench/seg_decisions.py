@@ -7,7 +7,8 @@ held-out photos), on the validation split both runs held out and on the held-out
   background elsewhere (Dice rewards a pixel whose class is right with probability above about
   half the image's Dice, Lipton et al. 2014, "Optimal thresholding of classifiers to maximize F1");
 - plug-in: per image, the k most probable object pixels with k maximising the expected Dice
-  2 sum(p of the top k) / (k + sum over pixels of 1 - p(background));
+  2 sum(p of the top k) / (k + the expected object pixels, the sum of the allowed object classes'
+  probabilities);
 - void band r: argmax, then every pixel within r pixels (square window) of a different label set
   to background, since the competition's Dice counts a class predicted on the truth's void band
   (VOC style, about 5 pixels wide at every object boundary) against the prediction.
@@ -70,7 +71,7 @@ def decisions(probs):
     for t in THRESHOLDS:
         out[f"threshold {t:g}"] = np.where(p_best >= t, best, 0).astype(np.uint8)
     ranked = np.sort(p_best.ravel())[::-1]
-    expected = 2 * np.cumsum(ranked) / (np.arange(1, ranked.size + 1) + (1 - probs[..., 0]).sum())
+    expected = 2 * np.cumsum(ranked) / (np.arange(1, ranked.size + 1) + objects.sum())
     out["plug-in"] = np.where(p_best >= ranked[expected.argmax()], best, 0).astype(np.uint8)
     for r in BANDS:
         out[f"void band {r}"] = void_band(argmax, r)

@@ -137,6 +137,9 @@ def test_confidence_asks_the_decision_to_survive_a_shift_of_every_logit():
     assert targeted.loss(tf.constant(z), no_keep).numpy() == pytest.approx([0.0, 0.0])
     # shifted by 2: aeroplane -1 and 1, the others 0.5 (passing): min(1 to the threshold, 0.5 + 1.5 to the top)
     assert targeted.loss(tf.constant(z), no_keep, confidence=2.0).numpy() == pytest.approx([1.0, 0.0])
+    keep_boat = np.zeros((2, 20), np.float32)
+    keep_boat[:, 3] = 1  # boat was reported and now sits 1.5 below its threshold: keep term 0.5 x 1.5, unshifted
+    assert targeted.loss(tf.constant(z), tf.constant(keep_boat), 2.0).numpy() == pytest.approx([1.75, 0.75])
     untargeted = attack.Goal("cls_untargeted", _LogitModel(), {"img_size": 8}, None, thresholds)
     reference = np.zeros((2, 20), np.float32)
     reference[:, 14] = 1  # person was reported
