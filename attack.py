@@ -375,7 +375,9 @@ class Goal:
 
     def judge(self, outputs, reference):
         """Per image, judged by the product's own rule on the model's outputs (NumPy): (success
-        bool (B,), score (B,)). Classifier: `cls_train.decide`, as predict.py reports; score =
+        bool (B,), score (B,)). Classifier: `cls_train.decide`, the run's tuned thresholds (as
+        predict.py --cls-decision thresholds reports; its default expected-Dice rule has no per-class
+        boundary for a margin loss to aim at); score =
         target probability (cls_targeted) or mean probability of the clean labels
         (cls_untargeted). Segmenter: argmax; score = share of the box labelled the class,
         success = score >= REGION_SUCCESS."""
@@ -776,7 +778,7 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
                    "augment": augment, "lr": lr, "batch_size": batch_size, "train_images": len(train_images),
                    "held_out_images": len(val_images), "train_seconds": train_seconds,
                    "train_image_gradients": epochs_trained * len(train_images), "target_weights_unchanged": unchanged,
-                   "success_rule": ("cls_train.decide (as predict.py)" if the_goal.task == "classification"
+                   "success_rule": ("cls_train.decide: the run's tuned thresholds" if the_goal.task == "classification"
                                     else f"share of the box labelled the class >= {REGION_SUCCESS}"),
                    "final_epoch": {k: float(v[-1]) for k, v in history.history.items()}, "held_out": results,
                    "budget_table": budget_table}

@@ -45,8 +45,10 @@ BENCH_RUNS = {"cls": "cls_mobilenetv2", "seg": "seg_mobilenetv2_unet"}  # train_
 TRAIN_VARIANTS = {"asl": ("cls", dict(loss="asl")), "focal": ("cls", dict(loss="focal")),
                   "no_pos_weight": ("cls", dict(pos_weight=False)),
                   "finetune_lr_0.3": ("cls", dict(finetune_lr_factor=0.3)), "img_288": ("cls", dict(img_size=288)),
+                  "img_352": ("cls", dict(img_size=352)),
                   "epochs_30": ("cls", dict(epochs=30)), "frozen_10": ("cls", dict(frozen_epochs=10)),
-                  "seg_epochs_50": ("seg", dict(epochs=50))}
+                  "seg_epochs_50": ("seg", dict(epochs=50)), "seg_img_320": ("seg", dict(img_size=320)),
+                  "seg_img_384": ("seg", dict(img_size=384))}
 
 
 def draw_key(seed, variant=None):
@@ -87,12 +89,14 @@ def make_holdout_data(proxy, root, seed):
 
 
 def classifier_alone(run, data, truth_labels):
-    """Competition Dice of the classifier's own labels (its tuned thresholds, no fusion with the
-    segmenter) on the held-out photos (the derived folder's test split)."""
+    """Competition Dice of the classifier's own labels (no fusion with the segmenter) on the
+    held-out photos (the derived folder's test split), by its tuned thresholds and by the
+    expected-Dice rule (predict.py's default). Returns (thresholds Dice, expected-Dice Dice)."""
     model, config, thresholds = cls_train.load_classifier(run)
     test = common.load_split(data, "test")
     probs = cls_train.predict_probs(model, test, common.load_examples(test, masks=False), config)
-    return common.classification_dice(cls_train.decide(probs, thresholds), truth_labels)
+    return tuple(common.classification_dice(labels, truth_labels)
+                 for labels in (cls_train.decide(probs, thresholds), cls_train.expected_dice_labels(probs)))
 
 
 def predict_scores(root, name, **options):
@@ -137,18 +141,22 @@ def held_out_draw(proxy, seed, only, earlier, variant=None):
         result[f"{task}_epochs"] = {k: metrics.get(k) for k in ("epochs_trained", "epochs_planned",
                                                                 "stopped_by_time_limit")}
     cls_metrics = common.read_json(os.path.join(root, "cls", "metrics.json"))
+    alone, alone_expected = classifier_alone(os.path.join(root, "cls"), data, held_labels)
     result["classification"] = dict(
         val_dice_tuned=cls_metrics["val_dice_tuned"], val_dice_out_of_fold=cls_metrics["val_dice_out_of_fold"],
         val_dice_out_of_fold_95ci=cls_metrics["val_dice_out_of_fold_95ci"],
-        held_out_dice_alone=classifier_alone(os.path.join(root, "cls"), data, held_labels))
+        val_dice_expected_dice=cls_metrics["val_dice_expected_dice"], held_out_dice_alone=alone,
+        held_out_dice_alone_expected_dice=alone_expected)
     if only != "cls":  # the product's numbers: predict.py with its defaults, on val and on the held-out photos
         result.update(predict_scores(root, "defaults"))
     result["wall_minutes"] = round((time.time() - t) / 60, 1)
     return result
 
 
-# predict.py's inference options, one change at a time from its defaults (seg-flip TTA, drop fusion)
-VARIANTS = {"defaults": {}, "no fusion": dict(fuse_rules=()), "fusion drop,agree": dict(fuse_rules=("drop", "agree")),
+# predict.py's inference options, one change at a time from its defaults (expected-Dice labels,
+# seg-flip TTA, drop fusion; before 2026-12-01 the tuned thresholds decided the labels)
+VARIANTS = {"defaults": {}, "cls-decision thresholds": dict(cls_decision="thresholds"),
+            "no fusion": dict(fuse_rules=()), "fusion drop,agree": dict(fuse_rules=("drop", "agree")),
             "fusion drop,add": dict(fuse_rules=("drop", "add")), "no TTA": dict(tta=()),
             "TTA seg-flip,scales": dict(tta=("seg-flip", "scales")), "TTA flip (both tasks)": dict(tta=("flip",))}
 
@@ -205,6 +213,11 @@ def main():
         print(f"| {draw} | validation, out of fold [95% CI] (classifier alone) | {c['val_dice_out_of_fold']:.3f} "
               f"[{lo:.3f}, {hi:.3f}] | | |")
         print(f"| {draw} | held-out photos, classifier alone | {c['held_out_dice_alone']:.3f} | | |")
+        if "held_out_dice_alone_expected_dice" in c:  # draws since the expected-Dice rule (bench/cls_decisions.py)
+            print(f"| {draw} | validation, expected-Dice rule (classifier alone) | "
+                  f"{c['val_dice_expected_dice']:.3f} | | |")
+            print(f"| {draw} | held-out photos, expected-Dice rule | "
+                  f"{c['held_out_dice_alone_expected_dice']:.3f} | | |")
         for key, what in (("val", "validation, predict.py defaults"),
                           ("held_out", "held-out photos, predict.py defaults")):
             if key in r:

@@ -57,7 +57,9 @@ def main():
         for i, seg_probs in enumerate(seg_train.segment(seg_model, images, seg_config["img_size"], scales,
                                                         "seg-flip" in seg_tta)):
             for (cls_tta, rules), (labels, masks) in results.items():
-                y, m = predict.fuse(cls_probs[cls_tta][i], thresholds, seg_probs, rules, size=images[i].shape[:2])
+                # labels by the tuned thresholds, as when these results were recorded (before expected-dice)
+                y, m = predict.fuse(cls_probs[cls_tta][i], cls_train.decide(cls_probs[cls_tta][i][None], thresholds)[0],
+                                    seg_probs, rules, size=images[i].shape[:2])
                 labels.append(y)
                 masks.append(m)
         for (cls_tta, rules), (labels, masks) in results.items():

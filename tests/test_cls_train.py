@@ -1,5 +1,6 @@
 """cls_train.py: run folder contents, reloading, thresholds, learning, resume after a kill."""
 
+import itertools
 import json
 import os
 import signal
@@ -85,6 +86,33 @@ def test_decide_gives_every_image_its_top_class():
     probs = np.array([[0.1, 0.3, 0.2], [0.9, 0.8, 0.1]])
     np.testing.assert_array_equal(cls_train.decide(probs, [0.5, 0.5, 0.5]), [[0, 1, 0], [1, 1, 0]])
     np.testing.assert_array_equal(cls_train.decide(probs, [0.5, 0.85, 0.5]), [[0, 1, 0], [1, 0, 0]])
+
+
+def test_expected_dice_labels_known_answers_and_best_subset():
+    probs = np.zeros((3, 20))
+    probs[0, :2] = [0.9, 0.6]  # expected Dice {0}: 1.8 / 2.5 = 0.72, {0, 1}: 3.0 / 3.5 = 0.86
+    probs[1, :2] = [0.9, 0.3]  # {0}: 1.8 / 2.2 = 0.82, {0, 1}: 2.4 / 3.2 = 0.75
+    probs[2, 5] = 0.01         # nothing likely: still the top class
+    want = np.zeros((3, 20), np.int8)
+    want[0, :2] = want[1, 0] = want[2, 5] = 1
+    np.testing.assert_array_equal(cls_train.expected_dice_labels(probs), want)
+    # among all 63 non-empty subsets of 6 classes, the chosen set has the largest expected Dice
+    rng = np.random.default_rng(0)
+    for p in rng.random((50, 6)) ** 2:
+        objective = lambda s, p=p: 2 * p[list(s)].sum() / (len(s) + p.sum())  # noqa: E731
+        best = max((s for k in range(1, 7) for s in itertools.combinations(range(6), k)), key=objective)
+        chosen = np.flatnonzero(cls_train.expected_dice_labels(p[None])[0])
+        assert objective(chosen) == pytest.approx(objective(best), abs=1e-12)
+
+
+def test_expected_dice_labels_beat_a_tuned_threshold_on_calibrated_probabilities():
+    # labels drawn from the probabilities themselves (calibrated): the untuned rule beats the best
+    # shared threshold even when that threshold is tuned on the very same images
+    rng = np.random.default_rng(0)
+    probs = rng.beta(0.3, 3, (2000, 20))
+    labels = rng.random(probs.shape) < probs
+    _, tuned = cls_train.tune_thresholds(probs, labels, passes=0)
+    assert common.classification_dice(cls_train.expected_dice_labels(probs), labels) > tuned + 0.004
 
 
 def test_tune_thresholds_finds_a_better_threshold():

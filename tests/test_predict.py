@@ -43,7 +43,7 @@ def test_score_of_perfect_predictions_is_one(demo_dir, tiny_runs, tmp_path, monk
         truth[("val", i)] = common.read_example(train, k)[1]
     order = iter([])
 
-    def perfect(cls_probs, thresholds, seg_probs, *args, **kwargs):
+    def perfect(cls_probs, cls_labels, seg_probs, *args, **kwargs):
         key = next(order)
         mask = truth[key].copy()
         mask[mask == 255] = 0
@@ -87,6 +87,27 @@ def test_run_folders_written_before_the_renames_still_load(demo_dir, tiny_runs, 
     assert old == new
 
 
+def test_cls_decision_chooses_how_probabilities_become_labels(demo_dir, tiny_runs, tmp_path, monkeypatch):
+    cls_run = str(tmp_path / "cls")  # the tiny classifier with every threshold at 0.5
+    shutil.copytree(tiny_runs[0], cls_run)
+    common.write_json(os.path.join(cls_run, "thresholds.json"), {"thresholds": [0.5] * 20})
+    probs = np.full((len(common.load_split(demo_dir, "test")), 20), 0.001)
+    probs[:, :2] = [0.9, 0.45]  # expected Dice: {0} 0.76, {0, 1} 0.80; thresholds at 0.5: {0}
+    monkeypatch.setattr(predict.cls_train, "predict_probs", lambda *args, **kwargs: probs)
+    both, top = ["aeroplane", "bicycle"], ["aeroplane"]
+    for loss, decision, labels in (("bce", "expected-dice", both), ("bce", "thresholds", top),
+                                   ("bce", "auto", both), ("asl", "auto", top), ("asl", "expected-dice", both)):
+        config = common.read_json(os.path.join(cls_run, "config.json"))
+        common.write_json(os.path.join(cls_run, "config.json"), dict(config, loss=loss))
+        out = str(tmp_path / f"{loss}_{decision}")
+        predict.run(demo_dir, cls_run, tiny_runs[1], out, tta=(), fuse_rules=(), cls_decision=decision)
+        info = json.load(open(os.path.join(out, "predictions.json")))
+        assert info["cls_decision"] == ("expected-dice" if labels == both else "thresholds")
+        assert all(v["labels"] == labels for v in info["images"].values())
+    with pytest.raises(common.UserError, match="unknown --cls-decision"):
+        predict.run(demo_dir, cls_run, tiny_runs[1], str(tmp_path / "x"), cls_decision="top1")
+
+
 def test_fusion_rules():
     rng = np.random.default_rng(0)
     seg = rng.random((10, 10, 21)) * 0.1
@@ -95,19 +116,19 @@ def test_fusion_rules():
     seg[9, 9, 7] = 0.95          # a one-pixel class-7 speck
     cls = np.full(20, 0.01)
     cls[1] = 0.9                 # the classifier sees class 2 only, never class 3
-    thresholds = np.full(20, 0.5)
-    labels, mask = predict.fuse(cls, thresholds, seg)
+    cls_labels = cls >= 0.5
+    labels, mask = predict.fuse(cls, cls_labels, seg)
     assert labels.tolist() == [0, 1] + [0] * 18 and (mask[:5, :5] == 3).all() and mask[9, 9] == 7
-    _, mask = predict.fuse(cls, thresholds, seg, ("drop",))
+    _, mask = predict.fuse(cls, cls_labels, seg, ("drop",))
     assert not (mask == 3).any() and not (mask == 7).any()
-    labels, _ = predict.fuse(cls, thresholds, seg, ("add",), add_area=0.2)
+    labels, _ = predict.fuse(cls, cls_labels, seg, ("add",), add_area=0.2)
     assert labels[2] == 1 and labels[6] == 0
-    _, mask = predict.fuse(cls, thresholds, seg, ("small",), min_area=0.02)
+    _, mask = predict.fuse(cls, cls_labels, seg, ("small",), min_area=0.02)
     assert mask[9, 9] == 0 and (mask[:5, :5] == 3).all()
-    labels, mask = predict.fuse(cls, thresholds, seg, ("agree",))
+    labels, mask = predict.fuse(cls, cls_labels, seg, ("agree",))
     assert set(np.unique(mask)) <= {0, 2}
     # probabilities on a coarser grid: resized to the requested size before the argmax
-    labels, mask = predict.fuse(cls, thresholds, seg, size=(30, 20))
+    labels, mask = predict.fuse(cls, cls_labels, seg, size=(30, 20))
     assert mask.shape == (30, 20) and mask.dtype == np.uint8
     assert (mask[:12, :8] == 3).all() and (mask[15:24, 10:16] == 0).all() and mask[29, 19] == 7
 
