@@ -15,9 +15,10 @@ the L2 ball that gives that PSNR; x + delta is clipped to [0, 255]. Normalising 
 RMS keeps the tanh from saturating, so the generator's gradients stay alive.
 
 It trains with a custom train_step against the frozen target model on the target run's training
-images, with a margin (logit) loss that is zero exactly when the product's own decision rule says
-the goal is reached, and is evaluated on the run's validation images, which it never saw, beside
-a random sign-noise control, FGSM and PGD at the same budget. Attacks act on the model's input
+images, with a margin (logit) loss that is zero exactly when the product's tuned-threshold rule
+(cls_train.decide; the segmenter's argmax) says the goal is reached, and is evaluated on the
+run's validation images, which it never saw, beside a random sign-noise control, FGSM and PGD
+at the same budget. Attacks act on the model's input
 image (resized to its input size).
 
 The run folder gets generator.keras, metrics.json, log.csv and curves.png (loss and success per
@@ -313,8 +314,8 @@ class Goal:
 
     def margin(self, z, reference):
         """Per-image margin loss (B,), in logits: zero exactly when the goal is reached by the
-        product's rule, and growing linearly with the logit distance from it (so images far from
-        the goal keep a gradient without dominating).
+        tuned-threshold rule (the segmenter's argmax), and growing linearly with the logit
+        distance from it (so images far from the goal keep a gradient without dominating).
 
         cls_targeted: the class is reported: z_t >= tau_t, or no class passes its threshold and t
         has the top logit. cls_untargeted: no clean label is reported: each below its threshold,
@@ -374,10 +375,10 @@ class Goal:
         return tf.math.log1p(loss) if self.margin_loss == "log" else loss
 
     def judge(self, outputs, reference):
-        """Per image, judged by the product's own rule on the model's outputs (NumPy): (success
+        """Per image, judged by the tuned-threshold rule on the model's outputs (NumPy): (success
         bool (B,), score (B,)). Classifier: `cls_train.decide`, the run's tuned thresholds (as
-        predict.py --cls-decision thresholds reports; its default expected-Dice rule has no per-class
-        boundary for a margin loss to aim at); score =
+        predict.py --cls-decision thresholds reports; its default expected-Dice rule has no fixed
+        per-class boundary for a margin loss to aim at: it depends on the other probabilities); score =
         target probability (cls_targeted) or mean probability of the clean labels
         (cls_untargeted). Segmenter: argmax; score = share of the box labelled the class,
         success = score >= REGION_SUCCESS."""
@@ -739,7 +740,7 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
         unchanged = all(np.array_equal(a, b) for a, b in zip(weights_before, the_goal.target.get_weights()))
         common.save_model(generator, os.path.join(out, "generator.keras"))
 
-        # Evaluation on held-out images, every method judged by the product's rule
+        # Evaluation on held-out images, every method judged by the tuned-threshold rule
         gen = trainer.predict_on_batch  # the perturbed batch (NumPy)
         pgd = f"pgd{pgd_steps}"
         methods = {"generator": gen,

@@ -3,15 +3,16 @@
     python predict.py --data DIR --cls runs/CLS_RUN --seg runs/SEG_RUN --out runs/predict
     python predict.py --data DIR --cls ... --seg ... --split val --score   # score the validation split
 
-The classifier's labels (--cls-decision) are by default the label set of largest expected Dice
-under its probabilities (nothing tuned; it beat the run's tuned per-class thresholds on held-out
-proxy photos, README, Results), or the tuned thresholds for a classifier trained with the focal
-or asymmetric loss, whose probabilities are not calibrated; `thresholds` or `expected-dice` force one.
+The classifier's labels (--cls-decision) are by default the label set of (approximately) largest
+expected Dice under its probabilities (no thresholds tuned; it beat the run's tuned per-class
+thresholds on held-out proxy photos, README, Results), or the tuned thresholds for a classifier
+trained with the focal or asymmetric loss, whose probabilities are not calibrated; `thresholds`
+or `expected-dice` force one.
 Test-time augmentation (--tta, comma list) averages in probability space: seg-flip (the
 segmenter also sees the mirrored image), cls-flip (the classifier too), flip (both), scales
 (segmentation at several scales). Default seg-flip: on the proxy validation split it raised the
-segmentation half, while cls-flip lowered the classification half (the thresholds are tuned on
-unflipped probabilities) and scales gained 0.001 for 3x the time (README, Results).
+segmentation half, while cls-flip lowered the classification half (also on held-out photos, with
+either decision rule) and scales gained 0.001 for 3x the time (README, Results).
 Fusion rules (--fuse) let each task correct the other (default drop: it raised the joint score
 on the proxy validation split and cost nothing on the demo; agree raised it a little more on the
 proxy but cost 0.18 of the segmentation half on the demo, where the classifier is weak; add and
@@ -20,8 +21,8 @@ small lowered it):
   add    add to the labels a class that covers at least --add-area of the image in the mask
   small  remove a class whose mask covers less than --min-area of the image (set to background)
   agree  keep in the mask only the classes of the final label set
-The run folder gets submission.csv (validated, written atomically), predictions.json (labels
-and class areas per image), gallery.png, and scores.json with --score.
+The run folder gets submission.csv (validated, written atomically), predictions.json (the
+decision rule used, labels and class areas per image), gallery.png, and scores.json with --score.
 """
 
 import argparse
@@ -45,7 +46,8 @@ TTA = ("seg-flip", "cls-flip", "flip", "scales")
 def fuse(cls_probs, cls_labels, seg_probs, rules=(), drop_below=0.05, add_area=0.05, min_area=0.002, size=None):
     """One image's final (labels (20,) int8, label map (H, W) uint8) from classifier
     probabilities (20,), the classifier's decided labels (20,) 0/1 and segmenter probabilities
-    (h, w, 21) (resized to size=(H, W), default their own size), applying the chosen rules."""
+    (h, w, 21) (resized to size=(H, W), default their own size), applying the chosen rules.
+    Raises common.UserError when cls_labels are not 20 values of 0 or 1."""
     allowed = np.ones(NUM_CLASSES + 1, bool)
     if "drop" in rules:
         allowed[1:] &= cls_probs >= drop_below
@@ -55,7 +57,11 @@ def fuse(cls_probs, cls_labels, seg_probs, rules=(), drop_below=0.05, add_area=0
         tiny = np.flatnonzero((area > 0) & (area < min_area)) + 1
         mask[np.isin(mask, tiny)] = 0
         area[tiny - 1] = 0
-    labels = np.asarray(cls_labels).astype(bool)
+    cls_labels = np.asarray(cls_labels)
+    if cls_labels.shape != (NUM_CLASSES,) or not np.isin(cls_labels, (0, 1)).all():
+        raise common.UserError("fuse takes the classifier's decided labels (20 values, 0 or 1), e.g. "
+                               "cls_train.expected_dice_labels(probs[None])[0], not thresholds or probabilities")
+    labels = cls_labels.astype(bool)
     if "add" in rules:
         labels |= area >= add_area
     if "agree" in rules:
@@ -91,10 +97,10 @@ def run(data=None, cls="runs/cls", seg="runs/seg", out="runs/predict", split="te
         held-out proxy photos, 5 draws, it beat the tuned thresholds by 0.013 on average with the
         224-pixel classifier, higher on every draw, and by 0.004 with the 288-pixel one),
         'thresholds' (the run's per-class thresholds tuned on its validation split,
-        cls_train.decide), or 'auto' (default): expected-dice for a classifier trained with the
-        bce loss, thresholds for focal or asl, whose probabilities are not calibrated (asl on
-        held-out proxy photos: expected-dice 0.774, thresholds 0.822); the choice is printed and
-        recorded in predictions.json.
+        cls_train.decide), or 'auto' (default): cls_train.default_decision, expected-dice for a
+        classifier trained with the bce loss, thresholds for focal or asl, whose probabilities are
+        not calibrated (asl on held-out proxy photos: expected-dice 0.774, thresholds 0.822; focal
+        not measured); the rule used is printed and recorded in predictions.json.
 
     Returns (scores, path): scores is common.score_submission's dict ('classification',
     'segmentation' and 'score': mean Dice over each half's rows and over all rows; 'images'), or
@@ -116,9 +122,8 @@ def run(data=None, cls="runs/cls", seg="runs/seg", out="runs/predict", split="te
     seg_flip = "flip" in tta or "seg-flip" in tta
     cls_model, cls_config, thresholds = cls_train.load_classifier(cls)
     if cls_decision == "auto":
-        loss = cls_config.get("loss", "bce")
-        cls_decision = "expected-dice" if loss == "bce" else "thresholds"
-        print(f"classifier labels: {cls_decision} (--cls-decision auto, the classifier's loss is {loss})", flush=True)
+        cls_decision = cls_train.default_decision(cls_config)
+    print(f"classifier labels: {cls_decision} (the classifier's loss: {cls_config.get('loss', 'bce')})", flush=True)
     seg_model, seg_config = common.load_run(seg, "segmentation")
     with common.run_folder(out, overwrite=overwrite, progress="submission.csv"):  # kept once written
         data_split = pick_split(data, split, cls_config, seg_config)
@@ -244,9 +249,10 @@ def main(argv=None):
     p.add_argument("--add-area", type=float, default=0.05, help="rule add: mask area fraction (default %(default)s)")
     p.add_argument("--min-area", type=float, default=0.002, help="rule small: mask area fraction (default %(default)s)")
     p.add_argument("--cls-decision", default="auto", choices=CLS_DECISIONS,
-                   help="classifier labels: expected-dice (per image the label set of largest expected Dice; "
-                        "nothing tuned), thresholds (the run's tuned per-class thresholds), or auto: expected-dice "
-                        "for a bce-trained classifier, thresholds for focal or asl (default %(default)s)")
+                   help="classifier labels: expected-dice (per image the label set of about the largest "
+                        "expected Dice; no thresholds tuned), thresholds (the run's tuned per-class thresholds), "
+                        "or auto: expected-dice for a bce-trained classifier, thresholds for focal or asl "
+                        "(default %(default)s)")
     p.add_argument("--score", action="store_true", help="score the predictions (val split, or test with labels)")
     p.add_argument("--truth", help="solution CSV to score against (default: found or built)")
     p.add_argument("--batch-size", type=int, default=8)

@@ -254,8 +254,8 @@ def attack_task(att):
     budget = f"at most {att['eps_255']:g}/255 per pixel (L-inf)"
     if att.get("psnr_min"):
         budget += f" and a PSNR of at least {att['psnr_min']:g} dB"
-    goal = {"cls_targeted": f"make the classifier report `{att['target_class']}` (by predict.py's rule)",
-            "cls_untargeted": "make the classifier report none of the image's clean labels (by predict.py's rule)",
+    goal = {"cls_targeted": f"make the classifier report `{att['target_class']}` (by its tuned thresholds)",
+            "cls_untargeted": "make the classifier report none of the image's clean labels (by its tuned thresholds)",
             "seg_targeted": f"make the segmenter label at least 80% of the central box `{att['target_class']}`"}
     return f"{goal[att['goal']]}, changing the image by {budget}"
 
@@ -292,7 +292,8 @@ def report_cells(out):
         f"## 2. Classification (20 classes, multi-label)\n\nThe classifier is {MODEL_TEXT[cls_cfg['arch']]}. "
         "Each image gets the label set of largest expected Dice under the classifier's probabilities (the "
         "most probable classes, as many as pay off; at least one), a rule with nothing tuned; the "
-        "alternative, per-class thresholds tuned on the validation split, scored lower on unseen photos. "
+        "alternative, per-class thresholds tuned on the validation split, scored lower on held-out proxy photos "
+        "(bench/README.md). "
         f"This run trained the {'transfer-learned' if cls_cfg.get('backbone') else 'from-scratch'} family; "
         f"`cls_train.py --arch {'scratch' if cls_cfg.get('backbone') else 'mobilenetv2'}` trains the other "
         "for comparison.\n\n" + training_table(cls_cfg, cls)))

@@ -7,6 +7,8 @@ and averaged (mean class probabilities), turn probabilities into labels by three
                         keeps its thresholds.json: this reproduces holdout_proxy's "classifier alone")
   shared threshold      one threshold for every class, tuned on the validation split
   expected-dice         cls_train.expected_dice_labels: nothing tuned (predict.py's default since 2026-12-01)
+  expected-dice, weights undone   the same on probabilities with the positive-class weights of
+                        the bce loss undone (odds / weight)
 and the held-out photos are scored with the competition's rule.
 
     KERAS_HOME=../shared/keras_home python bench/cls_decisions.py --seeds 1 2 3 --members "" img_288 asl
@@ -41,9 +43,12 @@ def member_probs(run, data):
     return (*out, thresholds)
 
 
-def decisions(val, held, val_truth, thresholds=None):
-    """{rule: (val Dice, held-out Dice)} for one set of probabilities: per-class thresholds tuned on
-    val (or the member's own), one shared threshold tuned on val, and the expected-Dice rule."""
+def decisions(val, held, val_truth, thresholds=None, weights=None):
+    """{rule: (val labels, held-out labels)} for one set of probabilities: per-class thresholds
+    tuned on val (or the member's own), one shared threshold tuned on val, the expected-Dice rule,
+    and (with `weights`, the (20,) positive-class weights the runs trained with) the expected-Dice
+    rule on probabilities with the weights undone (odds divided by the class's weight: the
+    probabilities an unweighted bce loss would aim at)."""
     tuned = thresholds if thresholds is not None else cls_train.tune_thresholds(val, val_truth)[0]
     shared = cls_train.tune_thresholds(val, val_truth, passes=0)[0]
     out = {}
@@ -51,6 +56,9 @@ def decisions(val, held, val_truth, thresholds=None):
                          ("shared threshold", lambda p: cls_train.decide(p, shared)),
                          ("expected-dice", cls_train.expected_dice_labels)):
         out[rule] = decide(val), decide(held)
+    if weights is not None:
+        unweighted = lambda p: p / (p + (1 - p) * weights[None])  # noqa: E731
+        out["expected-dice, weights undone"] = tuple(cls_train.expected_dice_labels(unweighted(p)) for p in (val, held))
     return out
 
 
@@ -74,13 +82,15 @@ def main():
         assert all(v[0] == ids for v in probs.values()), "members must share their validation split"
         train = common.load_split(data, "train")
         val_truth = train.labels[[train.ids.index(i) for i in ids]] > 0
+        trained_on = train.labels[[k for k, i in enumerate(train.ids) if i not in set(ids)]]
+        weights = cls_train.positive_weights(trained_on)  # as cls_train computed them for these runs
         rows = {}
         for k in range(1, len(args.members) + 1):
             for combo in itertools.combinations(args.members, k):
                 val = np.mean([probs[m][1] for m in combo], 0)
                 held_probs = np.mean([probs[m][2] for m in combo], 0)
                 own = probs[combo[0]][3] if k == 1 else None  # a single run keeps its thresholds.json
-                for rule, (v, h) in decisions(val, held_probs, val_truth, own).items():
+                for rule, (v, h) in decisions(val, held_probs, val_truth, own, weights).items():
                     name = "+".join(m or "bench" for m in combo) + f" | {rule}"
                     rows[name] = dict(val_dice=common.classification_dice(v, val_truth),
                                       held_out_dice=common.classification_dice(h, held_truth))

@@ -45,10 +45,9 @@ BENCH_RUNS = {"cls": "cls_mobilenetv2", "seg": "seg_mobilenetv2_unet"}  # train_
 TRAIN_VARIANTS = {"asl": ("cls", dict(loss="asl")), "focal": ("cls", dict(loss="focal")),
                   "no_pos_weight": ("cls", dict(pos_weight=False)),
                   "finetune_lr_0.3": ("cls", dict(finetune_lr_factor=0.3)), "img_288": ("cls", dict(img_size=288)),
-                  "img_352": ("cls", dict(img_size=352)),
                   "epochs_30": ("cls", dict(epochs=30)), "frozen_10": ("cls", dict(frozen_epochs=10)),
-                  "seg_epochs_50": ("seg", dict(epochs=50)), "seg_img_320": ("seg", dict(img_size=320)),
-                  "seg_img_384": ("seg", dict(img_size=384))}
+                  "seg_epochs_50": ("seg", dict(epochs=50)),
+                  "seg_img_384": ("seg", dict(img_size=384))}  # the bench's segmenter size since 2026-12-01
 
 
 def draw_key(seed, variant=None):
@@ -91,12 +90,18 @@ def make_holdout_data(proxy, root, seed):
 def classifier_alone(run, data, truth_labels):
     """Competition Dice of the classifier's own labels (no fusion with the segmenter) on the
     held-out photos (the derived folder's test split), by its tuned thresholds and by the
-    expected-Dice rule (predict.py's default). Returns (thresholds Dice, expected-Dice Dice)."""
+    expected-Dice rule (predict.py's default), and of that rule on the run's validation split
+    (computed here: runs from before the rule have no such metric). Returns (held-out thresholds
+    Dice, held-out expected-Dice Dice, validation expected-Dice Dice)."""
     model, config, thresholds = cls_train.load_classifier(run)
+    train = common.load_split(data, "train")
+    val = train.subset([train.ids.index(i) for i in config["val_ids"]])
     test = common.load_split(data, "test")
-    probs = cls_train.predict_probs(model, test, common.load_examples(test, masks=False), config)
-    return tuple(common.classification_dice(labels, truth_labels)
-                 for labels in (cls_train.decide(probs, thresholds), cls_train.expected_dice_labels(probs)))
+    probs = {name: cls_train.predict_probs(model, split, common.load_examples(split, masks=False), config)
+             for name, split in (("val", val), ("test", test))}
+    return (common.classification_dice(cls_train.decide(probs["test"], thresholds), truth_labels),
+            common.classification_dice(cls_train.expected_dice_labels(probs["test"]), truth_labels),
+            common.classification_dice(cls_train.expected_dice_labels(probs["val"]), val.labels > 0))
 
 
 def predict_scores(root, name, **options):
@@ -141,11 +146,11 @@ def held_out_draw(proxy, seed, only, earlier, variant=None):
         result[f"{task}_epochs"] = {k: metrics.get(k) for k in ("epochs_trained", "epochs_planned",
                                                                 "stopped_by_time_limit")}
     cls_metrics = common.read_json(os.path.join(root, "cls", "metrics.json"))
-    alone, alone_expected = classifier_alone(os.path.join(root, "cls"), data, held_labels)
+    alone, alone_expected, val_expected = classifier_alone(os.path.join(root, "cls"), data, held_labels)
     result["classification"] = dict(
         val_dice_tuned=cls_metrics["val_dice_tuned"], val_dice_out_of_fold=cls_metrics["val_dice_out_of_fold"],
         val_dice_out_of_fold_95ci=cls_metrics["val_dice_out_of_fold_95ci"],
-        val_dice_expected_dice=cls_metrics["val_dice_expected_dice"], held_out_dice_alone=alone,
+        val_dice_expected_dice=val_expected, held_out_dice_alone=alone,
         held_out_dice_alone_expected_dice=alone_expected)
     if only != "cls":  # the product's numbers: predict.py with its defaults, on val and on the held-out photos
         result.update(predict_scores(root, "defaults"))

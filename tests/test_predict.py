@@ -127,6 +127,8 @@ def test_fusion_rules():
     assert mask[9, 9] == 0 and (mask[:5, :5] == 3).all()
     labels, mask = predict.fuse(cls, cls_labels, seg, ("agree",))
     assert set(np.unique(mask)) <= {0, 2}
+    with pytest.raises(common.UserError, match="decided labels"):  # thresholds, the signature before 2026-12-01
+        predict.fuse(cls, np.full(20, 0.5), seg)
     # probabilities on a coarser grid: resized to the requested size before the argmax
     labels, mask = predict.fuse(cls, cls_labels, seg, size=(30, 20))
     assert mask.shape == (30, 20) and mask.dtype == np.uint8

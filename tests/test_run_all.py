@@ -38,6 +38,7 @@ def test_whole_job_writes_a_valid_scored_submission_and_summary(demo_dir, tmp_pa
     for figure in ("cls/curves.png", "seg/gallery.png", "attack/panel.png", "predict/gallery.png"):
         assert os.path.isfile(os.path.join(out, figure)) and f"({figure})" in text
     assert f"joint {summary['test']['score']:.3f}" in text
+    assert f"(expected-Dice rule, predict.py's labels) | {summary['cls']['val_dice_expected_dice']:.3f} " in text
     check_report(out, demo_dir, tmp_path)
 
 
