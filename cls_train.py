@@ -160,6 +160,12 @@ def default_decision(config):
     return "expected-dice" if config.get("loss", "bce") == "bce" else "thresholds"
 
 
+def labels_for(probs, thresholds, decision):
+    """Binary labels (N, 20) int8 from probabilities (N, 20) by a decision rule: 'expected-dice'
+    (expected_dice_labels; thresholds unused) or 'thresholds' (decide)."""
+    return expected_dice_labels(probs) if decision == "expected-dice" else decide(probs, thresholds)
+
+
 def decide(probs, thresholds):
     """Binary labels: probability >= the class threshold; an image with none gets its top class."""
     probs = np.asarray(probs)
@@ -457,8 +463,8 @@ def evaluate_classifier(model, val_split, val_examples, train_split, config, out
     freq = np.tile((train_split.labels > 0).mean(0), (len(val_split), 1))
     _, baseline = tune_thresholds(freq, truth, passes=0)
     expected = expected_dice_labels(probs)
-    shown = expected if default_decision(config) == "expected-dice" else decide(probs, thresholds)
-    cls_gallery(os.path.join(out, "gallery.png"), val_split, val_examples, probs, shown)  # predict.py's labels
+    shown = labels_for(probs, thresholds, default_decision(config))  # predict.py's labels
+    cls_gallery(os.path.join(out, "gallery.png"), val_split, val_examples, probs, shown)
     return {"val_map": val_map, "val_ap": dict(zip(CLASSES, per_class_ap)),
             "val_dice_expected_dice": common.classification_dice(expected, truth),
             "val_dice_at_0.5": common.classification_dice(probs >= 0.5, truth),

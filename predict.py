@@ -135,8 +135,7 @@ def run(data=None, cls="runs/cls", seg="runs/seg", out="runs/predict", split="te
         examples = common.load_examples(data_split, masks=False)
         images = [im for im, _ in examples]
         cls_probs = cls_train.predict_probs(cls_model, data_split, examples, cls_config, flip=cls_flip)
-        cls_labels = (cls_train.expected_dice_labels(cls_probs) if cls_decision == "expected-dice"
-                      else cls_train.decide(cls_probs, thresholds))
+        cls_labels = cls_train.labels_for(cls_probs, thresholds, cls_decision)
         seg_scales = tuple(scales) if "scales" in tta else (1.0,)
         labels, masks = [], []
         for i, seg_probs in enumerate(seg_train.segment(seg_model, images, seg_config["img_size"], seg_scales,

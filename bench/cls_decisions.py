@@ -30,17 +30,16 @@ sys.path.insert(0, HERE)
 import common  # noqa: E402,I001
 import cls_train  # noqa: E402
 import holdout_proxy  # noqa: E402
+import predict  # noqa: E402
 
 
 def member_probs(run, data):
-    """(validation ids, validation probs, held-out probs, thresholds) of one classification run."""
+    """(validation split, validation probs, held-out probs, thresholds) of one classification run."""
     model, config, thresholds = cls_train.load_classifier(run)
-    train = common.load_split(data, "train")
-    val = train.subset([train.ids.index(i) for i in config["val_ids"]])
-    out = [config["val_ids"]]
-    for split in (val, common.load_split(data, "test")):
-        out.append(cls_train.predict_probs(model, split, common.load_examples(split, masks=False), config))
-    return (*out, thresholds)
+    val = predict.pick_split(data, "val", config, config)
+    probs = [cls_train.predict_probs(model, split, common.load_examples(split, masks=False), config)
+             for split in (val, common.load_split(data, "test"))]
+    return (val, *probs, thresholds)
 
 
 def decisions(val, held, val_truth, thresholds=None, weights=None):
@@ -78,11 +77,12 @@ def main():
         held_truth = proxy.labels[held] > 0
         probs = {m: member_probs(os.path.join(holdout_proxy.draw_root(seed, m or None), "cls"), data)
                  for m in args.members}
-        ids = probs[args.members[0]][0]
-        assert all(v[0] == ids for v in probs.values()), "members must share their validation split"
+        val_split = probs[args.members[0]][0]
+        assert all(v[0].ids == val_split.ids for v in probs.values()), "members must share their validation split"
+        val_truth = val_split.labels > 0
         train = common.load_split(data, "train")
-        val_truth = train.labels[[train.ids.index(i) for i in ids]] > 0
-        trained_on = train.labels[[k for k, i in enumerate(train.ids) if i not in set(ids)]]
+        val_ids = set(val_split.ids)
+        trained_on = train.labels[[k for k, i in enumerate(train.ids) if i not in val_ids]]
         weights = cls_train.positive_weights(trained_on)  # as cls_train computed them for these runs
         rows = {}
         for k in range(1, len(args.members) + 1):

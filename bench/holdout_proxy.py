@@ -94,8 +94,7 @@ def classifier_alone(run, data, truth_labels):
     (computed here: runs from before the rule have no such metric). Returns (held-out thresholds
     Dice, held-out expected-Dice Dice, validation expected-Dice Dice)."""
     model, config, thresholds = cls_train.load_classifier(run)
-    train = common.load_split(data, "train")
-    val = train.subset([train.ids.index(i) for i in config["val_ids"]])
+    val = predict.pick_split(data, "val", config, config)
     test = common.load_split(data, "test")
     probs = {name: cls_train.predict_probs(model, split, common.load_examples(split, masks=False), config)
              for name, split in (("val", val), ("test", test))}
