@@ -175,12 +175,15 @@ def test_segmentation_margin_is_zero_exactly_when_enough_of_the_box_is_the_class
 @pytest.fixture(scope="module")
 def trained_attack(learned_cls, train_images):
     """A generator trained for a few epochs on the demo classifier (untargeted: the demo classifier
-    reports clear classes, so the goal is reachable and learning is visible in a few steps)."""
+    reports clear classes, so the goal is reachable and learning is visible in a few steps). The
+    budget is 32/255: the test classifier's margins depend on the machine that trained it, and at
+    8/255 one trained on an AVX2-only CPU had none of its 139 images flipped after 6 epochs (mean
+    margin 2.30 -> 1.70), where 32/255 flipped 12% (2.30 -> 0.45)."""
     goal = attack.load_target(learned_cls, "cls_untargeted", None)
     x = tf.constant(train_images)
     target_before = [w.copy() for w in goal.target.get_weights()]
     keras.utils.set_random_seed(0)
-    generator = attack.build_generator(attack.feature_taps(goal.target, 64), 8.0, None, width=8)
+    generator = attack.build_generator(attack.feature_taps(goal.target, 64), 32.0, None, width=8)
     trainer = attack.GeneratorAttack(generator, goal)
     trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
     reference = goal.reference(goal.logits(x))
