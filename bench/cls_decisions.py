@@ -30,16 +30,6 @@ sys.path.insert(0, HERE)
 import common  # noqa: E402,I001
 import cls_train  # noqa: E402
 import holdout_proxy  # noqa: E402
-import predict  # noqa: E402
-
-
-def member_probs(run, data):
-    """(validation split, validation probs, held-out probs, thresholds) of one classification run."""
-    model, config, thresholds = cls_train.load_classifier(run)
-    val = predict.pick_split(data, "val", config, config)
-    probs = [cls_train.predict_probs(model, split, common.load_examples(split, masks=False), config)
-             for split in (val, common.load_split(data, "test"))]
-    return (val, *probs, thresholds)
 
 
 def decisions(val, held, val_truth, thresholds=None, weights=None):
@@ -75,7 +65,7 @@ def main():
         held = common.train_val_split(proxy.labels, holdout_proxy.HOLDOUT_FRACTION, seed)[1]
         assert [proxy.ids[i] for i in held] == common.load_split(data, "test").ids, "the draw's folder is another draw"
         held_truth = proxy.labels[held] > 0
-        probs = {m: member_probs(os.path.join(holdout_proxy.draw_root(seed, m or None), "cls"), data)
+        probs = {m: holdout_proxy.classifier_probs(os.path.join(holdout_proxy.draw_root(seed, m or None), "cls"), data)
                  for m in args.members}
         val_split = probs[args.members[0]][0]
         assert all(v[0].ids == val_split.ids for v in probs.values()), "members must share their validation split"

@@ -87,20 +87,26 @@ def make_holdout_data(proxy, root, seed):
     return held_split.labels
 
 
+def classifier_probs(run, data):
+    """(validation split, validation probs (N, 20), held-out probs (M, 20), tuned thresholds (20,))
+    of one classification run on a draw's folder `data` (its test split is the held-out photos)."""
+    model, config, thresholds = cls_train.load_classifier(run)
+    val = predict.pick_split(data, "val", config, config)
+    val_probs, held_probs = (cls_train.predict_probs(model, split, common.load_examples(split, masks=False), config)
+                             for split in (val, common.load_split(data, "test")))
+    return val, val_probs, held_probs, thresholds
+
+
 def classifier_alone(run, data, truth_labels):
     """Competition Dice of the classifier's own labels (no fusion with the segmenter) on the
     held-out photos (the derived folder's test split), by its tuned thresholds and by the
     expected-Dice rule (predict.py's default), and of that rule on the run's validation split
     (computed here: runs from before the rule have no such metric). Returns (held-out thresholds
     Dice, held-out expected-Dice Dice, validation expected-Dice Dice)."""
-    model, config, thresholds = cls_train.load_classifier(run)
-    val = predict.pick_split(data, "val", config, config)
-    test = common.load_split(data, "test")
-    probs = {name: cls_train.predict_probs(model, split, common.load_examples(split, masks=False), config)
-             for name, split in (("val", val), ("test", test))}
-    return (common.classification_dice(cls_train.decide(probs["test"], thresholds), truth_labels),
-            common.classification_dice(cls_train.expected_dice_labels(probs["test"]), truth_labels),
-            common.classification_dice(cls_train.expected_dice_labels(probs["val"]), val.labels > 0))
+    val, val_probs, held_probs, thresholds = classifier_probs(run, data)
+    return (common.classification_dice(cls_train.decide(held_probs, thresholds), truth_labels),
+            common.classification_dice(cls_train.expected_dice_labels(held_probs), truth_labels),
+            common.classification_dice(cls_train.expected_dice_labels(val_probs), val.labels > 0))
 
 
 def predict_scores(root, name, **options):
