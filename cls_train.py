@@ -162,8 +162,13 @@ def default_decision(config):
 
 def labels_for(probs, thresholds, decision):
     """Binary labels (N, 20) int8 from probabilities (N, 20) by a decision rule: 'expected-dice'
-    (expected_dice_labels; thresholds unused) or 'thresholds' (decide)."""
-    return expected_dice_labels(probs) if decision == "expected-dice" else decide(probs, thresholds)
+    (expected_dice_labels; thresholds unused) or 'thresholds' (decide). Raises common.UserError
+    for any other name (no silent fallback to one of the two)."""
+    if decision == "expected-dice":
+        return expected_dice_labels(probs)
+    if decision == "thresholds":
+        return decide(probs, thresholds)
+    raise common.UserError(f"unknown classifier decision {decision!r}; use expected-dice or thresholds")
 
 
 def decide(probs, thresholds):

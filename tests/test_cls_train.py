@@ -86,6 +86,10 @@ def test_decide_gives_every_image_its_top_class():
     probs = np.array([[0.1, 0.3, 0.2], [0.9, 0.8, 0.1]])
     np.testing.assert_array_equal(cls_train.decide(probs, [0.5, 0.5, 0.5]), [[0, 1, 0], [1, 1, 0]])
     np.testing.assert_array_equal(cls_train.decide(probs, [0.5, 0.85, 0.5]), [[0, 1, 0], [1, 0, 0]])
+    # labels_for names the rule: thresholds are decide's, an unknown name is an error, not a fallback
+    np.testing.assert_array_equal(cls_train.labels_for(probs, [0.5, 0.85, 0.5], "thresholds"), [[0, 1, 0], [1, 0, 0]])
+    with pytest.raises(common.UserError, match="unknown classifier decision 'expected_dice'"):
+        cls_train.labels_for(probs, [0.5, 0.5, 0.5], "expected_dice")
 
 
 def test_expected_dice_labels_known_answers_and_best_subset():
