@@ -1,0 +1,90 @@
+"""Benchmark: one change at a time to the quickstart's plan (run_all.QUICK) on the demo data.
+
+    python bench/demo_plan.py cls '{}'                                # the quick plan's classifier as it is
+    python bench/demo_plan.py cls '{"img_size": 80}'                  # one change to it
+    python bench/demo_plan.py seg '{"epochs": 30}' --data-args '{"n_train": 300}'
+    python bench/demo_plan.py --report
+
+Each call trains one stage (cls: cls_train.train; seg: seg_train.train) with run_all.QUICK's
+arguments updated by the JSON change, on the demo data (`common.make_demo`, with --data-args for
+another size of it), and records its validation numbers, seconds and the whole plan it ran in
+bench/results/demo_plan.json (the change is relative to the plan of its day). Seconds compare
+only between runs made alone on the same machine, and even there they drifted by a third from
+hour to hour: the record names the machine.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+import common  # noqa: E402,I001
+import cls_train  # noqa: E402
+import run_all  # noqa: E402
+import seg_train  # noqa: E402
+
+RESULTS = os.path.join(HERE, "results", "demo_plan.json")
+
+
+def machine():
+    """The CPU's model name and count, e.g. 'AMD EPYC, 2 CPUs'."""
+    model = platform.machine()
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    return f"{model}, {os.cpu_count()} CPUs"
+
+
+def report(results):
+    """Print the recorded runs, each plan shown as its difference from run_all.QUICK now."""
+    print("| stage | plan (difference from run_all.QUICK now) | demo data | val Dice | tuned / mIoU | val mAP | "
+          "train Dice | epochs | s | machine |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results.values():
+        quick = run_all.QUICK[r["stage"]]
+        diff = json.dumps({k: v for k, v in r["plan"].items() if quick.get(k) != v})
+        print(f"| {r['stage']} | `{diff}` | {r['data']} | {r['val_dice']:.3f} | {r['second']:.3f} | "
+              f"{r.get('val_map') or float('nan'):.3f} | {r['train_dice']:.3f} | {r['epochs']} | "
+              f"{r['seconds']:.0f} | {r['machine']} |")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", nargs="?", choices=["cls", "seg"])
+    p.add_argument("change", nargs="?", default="{}", help="JSON dict of arguments replacing the quick plan's")
+    p.add_argument("--data-args", default="{}", help="JSON dict of common.make_demo arguments (default: its own)")
+    p.add_argument("--report", action="store_true", help="print the recorded table and exit")
+    args = p.parse_args()
+    results = common.read_json(RESULTS) if os.path.isfile(RESULTS) else {}
+    if args.report or not args.stage:
+        report(results)
+        return
+    change, data_args = json.loads(args.change), json.loads(args.data_args)
+    root = common.make_demo(**data_args) if data_args else common.resolve_data("demo")[0]
+    out = os.path.join("runs", f"bench_demo_plan_{args.stage}")
+    plan = {**run_all.QUICK[args.stage], **change}
+    t = time.time()
+    if args.stage == "cls":
+        cls_train.train(data=root, out=out, overwrite=True, verbose=2, **plan)
+    else:
+        seg_train.train(data=root, out=out, overwrite=True, verbose=2, **plan)
+    seconds = time.time() - t
+    m = common.read_json(os.path.join(out, "metrics.json"))
+    log = common.read_log(os.path.join(out, "log.csv"))
+    row = dict(stage=args.stage, change=args.change, plan=plan, data=os.path.basename(root), seconds=seconds,
+               epochs=len(log["dice"]), train_dice=float(log["dice"][-1]), machine=machine())
+    if args.stage == "cls":
+        row.update(val_dice=m["val_dice_expected_dice"], second=m["val_dice_tuned"], val_map=m["val_map"])
+    else:
+        row.update(val_dice=m["val_dice"], second=m["val_miou"])
+    results[f"{args.stage} {json.dumps(plan, sort_keys=True)} {row['data']}"] = row
+    common.write_json(RESULTS, results)
+    report({k: v for k, v in results.items() if v is row})
+
+
+if __name__ == "__main__":
+    main()
