@@ -1615,9 +1615,9 @@ def default_cache_dir():
 def make_demo(root=None, n_train=600, n_test=100, seed=0, scale=1.0):
     """Generate (once) the demo dataset in the competition layout and return its folder.
 
-    n_train 600 (was 300): the quickstart's scratch classifier overfitted 240 training images
-    (training Dice 0.96, validation 0.84); with 480 it reached 0.89 in fewer epochs
-    (bench/README.md, "The demo quickstart"), and the validation split doubles to 120 images.
+    n_train 600 (was 300): the quickstart's scratch classifier overfitted 237 training images
+    (training Dice 0.96, validation 0.84); with 472 it reached 0.89 in fewer epochs
+    (bench/README.md, "The demo quickstart"), and the validation split grows from 63 to 128 images.
 
     Also writes solution.csv (the test truth in submission format, with shapes) and
     test_labels.csv, so the local scorer can be shown working. Generation goes to a temporary

@@ -2,7 +2,7 @@
 attack generator against the classifier, predict the test split, write submission.csv, score it
 when labels exist, and write summary.md linking every figure.
 
-    python run_all.py --data demo                  # about 10 minutes on a 2-core CPU
+    python run_all.py --data demo                  # 10-16 minutes on a 2-core CPU
     python run_all.py --data DIR --transfer --out runs/full   # MobileNetV2 models, full sizes
 
 Sizes and epochs default to a quick run (scratch models at small sizes); --transfer switches to
@@ -28,15 +28,15 @@ import seg_train
 QUICK = {  # scratch models sized to finish the demo in minutes on a laptop CPU (bench/demo_plan.py)
     # classifier: the demo's classes differ by colour, so no colour jitter; 3 pooling stages (an 8 x 8
     # final map at 64 px), no dropout, no positive weights, lr 1e-3: val Dice 0.891 after 40 epochs
-    # on the demo's 480 training images (0.841 after 60 on 240, overfitted; issue 16 item 4)
+    # on the demo's 472 training images (0.841 after 60 on 237, overfitted; issue 16 item 4)
     "cls": dict(arch="scratch", img_size=64, epochs=40, width=16, batch_size=16, lr=1e-3, pools=3, dropout=0.0,
                 jitter=False, pos_weight=False),
     # segmenter: it underfits rather than overfits, so steps matter more than width: width 8 for 26
     # epochs gave val Dice 0.890 (width 16 for 20 epochs: 0.840, and slower per epoch)
     "seg": dict(arch="unet", img_size=96, epochs=26, width=8, batch_size=8),
     # attack: at 8/255 the generator stays at the noise level against the demo classifier (12%, random
-    # signs 9%, PGD-10 88% on the old 240-image demo); at 16/255 it learns: held-out 59% after 14
-    # epochs on 480 images, 63% after 20 (random signs 3%, PGD-10 97%); width 8: 48% after 14
+    # signs 9%, PGD-10 88% on the old 300-image demo); at 16/255 it learns: held-out 59% after 14
+    # epochs on 472 images, 63% after 20 (random signs 3%, PGD-10 97%); width 8: 48% after 14
     "attack": dict(goal="cls_targeted", eps=16.0, epochs=14, lr=3e-3),
 }
 TRANSFER = {
@@ -55,7 +55,7 @@ def run(data="demo", out="runs/all", transfer=False, overwrite=False, verbose=2,
     data: dataset folder, 'demo' (default; the built-in synthetic set) or None (the competition
         data under /kaggle/input).
     transfer: use TRANSFER (MobileNetV2 models at their default sizes and epochs) instead of
-        QUICK (small scratch models; about 10 minutes on the demo with a 2-core CPU). Default False.
+        QUICK (small scratch models; 10-16 minutes on the demo with a 2-core CPU). Default False.
     overwrite: replace an existing `out` (put back if the run fails before cls/metrics.json exists).
     verbose: Keras verbosity of the training stages (0 silent, 1 progress bar, 2 one line per
         epoch; default 2).
