@@ -30,6 +30,7 @@ import csv
 import glob
 import json
 import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -1606,6 +1607,17 @@ def demo_example(seed, index, scale=1.0):
         mask[y0:y1, x0:x1][inside] = c + 1
     image = np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
     return image, _void_border(mask, width=max(1, round(2 * scale)))
+
+
+def machine():
+    """The machine in a few words, for the record of where times were measured: the CPU's model
+    name (from /proc/cpuinfo where there is one; two x86_64 CPUs of this project differ 3x in
+    TensorFlow's pace), CPU count and Python version, e.g. 'AMD EPYC, 2 CPUs, Python 3.11.7'."""
+    model = platform.machine()
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    return f"{model}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
 def default_cache_dir():

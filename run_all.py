@@ -15,7 +15,6 @@ import base64
 import io
 import json
 import os
-import platform
 import sys
 import time
 
@@ -153,13 +152,8 @@ def write_summary(out, root, scores, val_scores, submission, times):
             lines += [f"### {title}", "", f"![{title}]({rel})", ""]
     common.atomic_write(os.path.join(out, "summary.md"), lambda f: f.write("\n".join(lines) + "\n"))
     # the scores stay in predict*/scores.json; this keeps what no other file of the run holds
-    common.write_json(os.path.join(out, "summary.json"), {"root": root, "times": times, "machine": machine()})
+    common.write_json(os.path.join(out, "summary.json"), {"root": root, "times": times, "machine": common.machine()})
     return {"cls": cls, "seg": seg, "attack": att, "test": scores, "val": val_scores, "times": times}
-
-
-def machine():
-    """The machine in a few words, for the record of where times were measured."""
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ bench/results/attack_proxy.json, and prints a table.
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -83,7 +82,7 @@ def main():
     p.add_argument("--max-eval", type=int, help="evaluate on at most this many held-out images")
     p.add_argument("--report", action="store_true", help="only print the table of the saved results")
     args = p.parse_args()
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}"
+    machine = common.machine()
     print(f"machine: {machine}", flush=True)
     path = os.path.join(HERE, "results", "attack_proxy.json")
     results = common.read_json(path) if os.path.isfile(path) else {}

@@ -19,7 +19,6 @@ import argparse
 import inspect
 import json
 import os
-import platform
 import sys
 import time
 
@@ -31,15 +30,6 @@ import run_all  # noqa: E402
 import seg_train  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results", "demo_plan.json")
-
-
-def machine():
-    """The CPU's model name and count, e.g. 'AMD EPYC, 2 CPUs'."""
-    model = platform.machine()
-    if os.path.isfile("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    return f"{model}, {os.cpu_count()} CPUs"
 
 
 def report(results):
@@ -93,15 +83,16 @@ def main():
     m = common.read_json(os.path.join(out, "metrics.json"))
     log = common.read_log(os.path.join(out, "log.csv"))
     row = dict(stage=args.stage, change=args.change, plan=plan, data=os.path.basename(root), seconds=seconds,
-               epochs=len(log["dice"]), train_dice=float(log["dice"][-1]), machine=machine(),
+               epochs=len(log["dice"]), train_dice=float(log["dice"][-1]), machine=common.machine(),
                date=time.strftime("%Y-%m-%d %H:%M"))
     if args.stage == "cls":
         row.update(val_dice=m["val_dice_expected_dice"], second=m["val_dice_tuned"], val_map=m["val_map"])
     else:
         row.update(val_dice=m["val_dice"], second=m["val_miou"])
-    results[f"{args.stage} {json.dumps(plan, sort_keys=True)} {row['data']}"] = row  # a rerun replaces its row
+    key = f"{args.stage} {json.dumps(plan, sort_keys=True)} {row['data']}"
+    results[key] = row  # a rerun replaces its row
     common.write_json(RESULTS, results)
-    report({k: v for k, v in results.items() if v is row})
+    report({key: row})
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ held-out masks). Writes runs/bench_holdout_seed<N>[_<NAME>]/ and bench/results/h
 
 import argparse
 import os
-import platform
 import shutil
 import sys
 import time
@@ -126,7 +125,7 @@ def held_out_draw(proxy, seed, only, earlier, variant=None):
     saved result (with only='seg', the classifier run it reuses); `variant`: a TRAIN_VARIANTS
     change of one task's arguments (a segmenter variant reuses the classifier of the draw's
     plain run, copied). Returns the result dict."""
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}"
+    machine = common.machine()
     root = draw_root(seed, variant)
     base_cls = os.path.join(draw_root(seed), "cls")
     if only == "seg" and not (os.path.isfile(os.path.join(base_cls, "metrics.json")) and "cls_arguments" in earlier):

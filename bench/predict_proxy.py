@@ -12,7 +12,6 @@ scores) and bench/results/predict_proxy.json, and prints a table.
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -38,7 +37,7 @@ def main():
     p.add_argument("--test-fuse", default="drop",
                    help="fusion rules for the test submission (default %(default)s)")
     args = p.parse_args()
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}"
+    machine = common.machine()
     print(f"machine: {machine}; data {args.data}; cls {args.cls}; seg {args.seg}", flush=True)
     os.makedirs(args.out, exist_ok=True)
 

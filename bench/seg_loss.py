@@ -9,7 +9,6 @@ Writes runs/bench_seg_loss_<loss>/ and bench/results/seg_loss.json, and prints a
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -27,7 +26,7 @@ def main():
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--width", type=int, default=16)
     args = p.parse_args()
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}"
+    machine = common.machine()
     root, _ = common.resolve_data(args.data)
     print(f"machine: {machine}; data {root}", flush=True)
     rows = []

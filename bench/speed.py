@@ -18,7 +18,6 @@ Prints a table per part and writes bench/results/speed.json (parts already there
 
 import argparse
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -197,7 +196,7 @@ def main():
     p.add_argument("--only", nargs="+", choices=parts, help="default: all")
     p.add_argument("--steps", type=int, default=10, help="timed training steps per measurement (default %(default)s)")
     args = p.parse_args()
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, TF {tf.__version__}"
+    machine = f"{common.machine()}, TF {tf.__version__}"
     print(f"machine: {machine}; data {PROXY}", flush=True)
     path = os.path.join(HERE, "results", "speed.json")
     results = common.read_json(path) if os.path.isfile(path) else {}

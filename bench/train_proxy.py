@@ -9,7 +9,6 @@ Writes runs/bench_<name>[_<loss>]/ and bench/results/<name>.json, and prints a t
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -46,7 +45,7 @@ def main():
                    help="write the results of finished runs/bench_<name> folders without training again "
                         "(wall time from the folder's file times)")
     args = p.parse_args()
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}"
+    machine = common.machine()
     print(f"machine: {machine}; data {args.data}", flush=True)
     results = []
     for name in [] if args.report else args.only or list(RUNS):
