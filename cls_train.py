@@ -312,9 +312,9 @@ def cls_gallery(path, split, examples, probs, pred, n=6):
 # Training
 
 def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=None, frozen_epochs=None,
-          batch_size=None, lr=None, finetune_lr_factor=0.1, weights="imagenet", backbone="mobilenetv2", loss="bce",
-          pos_weight=True, val_fraction=0.2, patience=10, time_limit=None, width=32, pools=5, dropout=0.4,
-          jitter=True, seed=0,
+          batch_size=None, lr=None, finetune_lr_factor=0.1, lr_warmup=0, weights="imagenet", backbone="mobilenetv2",
+          loss="bce", pos_weight=True, val_fraction=0.2, patience=10, time_limit=None, width=32, pools=5,
+          dropout=0.4, jitter=True, seed=0,
           resume=False, overwrite=False, strategy="auto", mixed_precision="auto", jit="auto", verbose=None):
     """Train a 20-class multi-label classifier and write its run folder `out`.
 
@@ -333,6 +333,8 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
         scratch 2e-3, mobilenetv2 1e-3). batch_size and lr are multiplied by the replica count.
     finetune_lr_factor: transfer only: the fine-tuning stage starts at lr * finetune_lr_factor
         (default 0.1).
+    lr_warmup: epochs of linear learning-rate warm-up at the start of each stage: the stage's
+        rate times 1/(lr_warmup+1), 2/(lr_warmup+1), ... (common.cosine; default 0, none).
     weights: transfer only: 'imagenet', 'none' (random init) or the path of a no-top .h5 file.
     backbone: transfer only: a name in common.BACKBONES (default 'mobilenetv2').
     loss: 'bce', 'focal' or 'asl' (MultiLabelLoss; default 'bce').
@@ -360,10 +362,11 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
     reloaded from out/model.keras (not compiled); history maps each Keras log key ('loss',
     'dice', 'val_loss', 'val_dice', ...) to its per-epoch values for the epochs this call ran.
     Also writes thresholds.json, metrics.json, log.csv, curves.png, gallery.png, config.json.
-    Raises common.UserError for an unknown arch, loss, backbone or device option, weights that
-    cannot be loaded, data that is missing, unreadable or has fewer than 2 labelled images, an
-    existing `out` without resume or overwrite, resume without an interrupted run, or training
-    that ends with no epoch of finite loss; a run that fails before its first epoch leaves no folder.
+    Raises common.UserError for an unknown arch, loss, backbone or device option, a negative
+    lr_warmup, weights that cannot be loaded, data that is missing, unreadable or has fewer than 2
+    labelled images, an existing `out` without resume or overwrite, resume without an interrupted
+    run, or training that ends with no epoch of finite loss; a run that fails before its first
+    epoch leaves no folder.
     """
     d = CLS_DEFAULTS["scratch" if arch == "scratch" else "mobilenetv2"]
     img_size, epochs = img_size or d["img_size"], epochs or d["epochs"]
@@ -373,6 +376,8 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
         raise common.UserError(f"unknown --arch {arch!r}; choose scratch or mobilenetv2")
     if loss not in ("bce", "focal", "asl"):
         raise common.UserError(f"unknown --loss {loss!r}; choose bce, focal or asl")
+    if lr_warmup < 0:
+        raise common.UserError(f"--lr-warmup must be 0 or more epochs, not {lr_warmup}")
     verbose = common.keras_verbosity(verbose)
     jit_compile = common.jit_flag(jit)
     strategy, devices = common.setup_devices(strategy, mixed_precision, batch_size, lr)
@@ -425,7 +430,8 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
                                   loss=MultiLabelLoss(loss, pos_weights),
                                   metrics=[LabelDice(top1=True, name="dice")], jit_compile=jit_compile)
             checkpoint.state["stage"] = stage
-            callbacks = common.stage_callbacks(out, checkpoint, timer, stage_lr, start, end, epochs, patience)
+            callbacks = common.stage_callbacks(out, checkpoint, timer, stage_lr, start, end, epochs, patience,
+                                               warmup=lr_warmup)
             fit = model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=end, verbose=verbose,
                             callbacks=callbacks)
             for key, values in fit.history.items():
@@ -491,6 +497,8 @@ def main(argv=None):
     p.add_argument("--finetune-lr-factor", type=float, default=0.1,
                    help="transfer: learning-rate factor once the backbone's top stage is unfrozen "
                         "(default %(default)s)")
+    p.add_argument("--lr-warmup", type=int, default=0, metavar="EPOCHS",
+                   help="epochs of linear learning-rate warm-up at the start of each stage (default %(default)s)")
     p.add_argument("--weights", default="imagenet", help="backbone weights: imagenet, none or a .h5 path")
     p.add_argument("--backbone", default="mobilenetv2", choices=list(common.BACKBONES),
                    help="transfer backbone (default %(default)s)")

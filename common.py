@@ -1390,11 +1390,15 @@ class TimeLimit(keras.callbacks.Callback):
             self.hit = self.model.stop_training = True
 
 
-def cosine(lr, start, end, floor=0.02):
-    """Epoch -> learning rate: cosine from lr at epoch `start` down to lr*floor at `end`."""
+def cosine(lr, start, end, floor=0.02, warmup=0):
+    """Epoch -> learning rate: cosine from lr at epoch `start` down to lr*floor at `end`, its first
+    `warmup` epochs scaled by 1/(warmup+1), 2/(warmup+1), ... (linear learning-rate warm-up,
+    Goyal et al. 2017, "Accurate, Large Minibatch SGD"; it keeps Adam's first steps from random
+    weights small)."""
     def schedule(epoch, _lr=None):
         t = min(max((epoch - start) / max(end - start, 1), 0.0), 1.0)
-        return float(lr * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * t))))
+        ramp = min(1.0, (epoch - start + 1) / (warmup + 1))
+        return float(ramp * lr * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * t))))
     return schedule
 
 
@@ -1410,20 +1414,20 @@ def keras_verbosity(verbose=None):
     return (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
 
 
-def planned_cosine(timer, lr, start, end, final):
+def planned_cosine(timer, lr, start, end, final, warmup=0):
     """A LearningRateScheduler for the stage of epochs [start, end) of `final`: cosine from lr down
-    to where the TimeLimit `timer` plans the stage to end (TimeLimit.plan; `end` without a limit).
-    Put it before `timer` in the callbacks."""
+    to where the TimeLimit `timer` plans the stage to end (TimeLimit.plan; `end` without a limit),
+    after `warmup` epochs of warm-up (`cosine`). Put it before `timer` in the callbacks."""
     return keras.callbacks.LearningRateScheduler(
-        lambda epoch, _: cosine(lr, start, timer.plan(epoch, start, end, final))(epoch))
+        lambda epoch, _: cosine(lr, start, timer.plan(epoch, start, end, final), warmup=warmup)(epoch))
 
 
-def stage_callbacks(out, checkpoint, timer, lr, start, end, final, patience=10, monitor="val_dice"):
+def stage_callbacks(out, checkpoint, timer, lr, start, end, final, patience=10, monitor="val_dice", warmup=0):
     """The callbacks of one training stage (epochs start+1..end of final): the run's checkpoint, a
-    cosine learning-rate schedule sized by the time limit (`planned_cosine`), the CSV log
-    (appended across stages and resumes), early stopping on `monitor` after `patience` epochs
-    without improvement, and the time limit."""
-    return [checkpoint, planned_cosine(timer, lr, start, end, final),
+    cosine learning-rate schedule sized by the time limit with `warmup` epochs of warm-up
+    (`planned_cosine`), the CSV log (appended across stages and resumes), early stopping on
+    `monitor` after `patience` epochs without improvement, and the time limit."""
+    return [checkpoint, planned_cosine(timer, lr, start, end, final, warmup),
             keras.callbacks.CSVLogger(os.path.join(out, "log.csv"), append=True),
             keras.callbacks.EarlyStopping(monitor, mode="max", patience=patience), timer]
 

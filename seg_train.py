@@ -293,7 +293,7 @@ def seg_gallery(path, split, examples, pred_masks, per_image_dice, n=4):
 # Training
 
 def train(data="demo", arch="unet", out="runs/seg", img_size=None, epochs=None, frozen_epochs=None,
-          batch_size=None, lr=None, finetune_lr_factor=0.25, weights="imagenet", backbone="mobilenetv2",
+          batch_size=None, lr=None, finetune_lr_factor=0.25, lr_warmup=0, weights="imagenet", backbone="mobilenetv2",
           loss="ce+dice", val_fraction=0.2, repeat_factor=False, patience=12, time_limit=None, width=16, seed=0,
           resume=False, overwrite=False, strategy="auto", mixed_precision="auto", jit="auto", verbose=None):
     """Train a 21-class segmenter (background + 20; void pixels ignored) and write its run folder `out`.
@@ -314,6 +314,8 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, epochs=None, 
         unet 5e-3, mobilenetv2_unet 2e-3). batch_size and lr are multiplied by the replica count.
     finetune_lr_factor: transfer only: the fine-tuning stage starts at lr * finetune_lr_factor
         (default 0.25).
+    lr_warmup: epochs of linear learning-rate warm-up at the start of each stage: the stage's
+        rate times 1/(lr_warmup+1), 2/(lr_warmup+1), ... (common.cosine; default 0, none).
     weights: transfer only: 'imagenet', 'none' (random init) or the path of a no-top .h5 file.
     backbone: transfer only: a name in common.BACKBONES (default 'mobilenetv2').
     loss: 'ce', 'dice' or 'ce+dice' (SegLoss; default 'ce+dice').
@@ -338,16 +340,18 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, epochs=None, 
     history maps each Keras log key ('loss', 'miou', 'dice', 'val_loss', 'val_miou', 'val_dice',
     ...) to its per-epoch values for the epochs this call ran. Also writes metrics.json (at
     original resolution), log.csv, curves.png, gallery.png, config.json.
-    Raises common.UserError for an unknown arch, loss, backbone or device option, an img_size
-    that is not a multiple of 32, weights that cannot be loaded, data that is missing,
-    unreadable, without masks or with fewer than 2 labelled images, an existing `out` without
-    resume or overwrite, resume without an interrupted run, or training that ends with no epoch
-    of finite loss; a run that fails before its first epoch leaves no folder.
+    Raises common.UserError for an unknown arch, loss, backbone or device option, a negative
+    lr_warmup, an img_size that is not a multiple of 32, weights that cannot be loaded, data that
+    is missing, unreadable, without masks or with fewer than 2 labelled images, an existing `out`
+    without resume or overwrite, resume without an interrupted run, or training that ends with no
+    epoch of finite loss; a run that fails before its first epoch leaves no folder.
     """
     if arch not in SEG_DEFAULTS:
         raise common.UserError(f"unknown --arch {arch!r}; choose unet or mobilenetv2_unet")
     if loss not in ("ce", "dice", "ce+dice"):
         raise common.UserError(f"unknown --loss {loss!r}; choose ce, dice or ce+dice")
+    if lr_warmup < 0:
+        raise common.UserError(f"--lr-warmup must be 0 or more epochs, not {lr_warmup}")
     d = SEG_DEFAULTS[arch]
     img_size, epochs = img_size or d["img_size"], epochs or d["epochs"]
     batch_size, lr = batch_size or d["batch_size"], lr or d["lr"]
@@ -408,7 +412,8 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, epochs=None, 
                                                                  sparse_y_pred=False, name="miou"),
                                            MaskDice(name="dice")], jit_compile=jit_compile)
             checkpoint.state["stage"] = stage
-            callbacks = common.stage_callbacks(out, checkpoint, timer, stage_lr, start, end, epochs, patience)
+            callbacks = common.stage_callbacks(out, checkpoint, timer, stage_lr, start, end, epochs, patience,
+                                               warmup=lr_warmup)
             fit = model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=end, verbose=verbose,
                             callbacks=callbacks)
             for key, values in fit.history.items():
@@ -460,6 +465,8 @@ def main(argv=None):
     p.add_argument("--finetune-lr-factor", type=float, default=0.25,
                    help="transfer: learning-rate factor once the backbone's top stage is unfrozen "
                         "(default %(default)s)")
+    p.add_argument("--lr-warmup", type=int, default=0, metavar="EPOCHS",
+                   help="epochs of linear learning-rate warm-up at the start of each stage (default %(default)s)")
     p.add_argument("--weights", default="imagenet", help="backbone weights: imagenet, none or a .h5 path")
     p.add_argument("--backbone", default="mobilenetv2", choices=list(common.BACKBONES),
                    help="encoder of the transfer U-Net (default %(default)s)")

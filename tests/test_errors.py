@@ -174,6 +174,13 @@ def test_nan_loss_stops_and_keeps_the_last_good_model(demo_dir, tmp_path, capsys
     assert np.isfinite(metrics["val_dice_tuned"])
 
 
+@pytest.mark.parametrize("main", [cls_train.main, seg_train.main])
+def test_negative_warm_up_is_refused_before_any_output(demo_dir, tmp_path, capsys, main):
+    out = str(tmp_path / "run")
+    fails(capsys, main, train_argv(demo_dir, out, "--lr-warmup", "-1"), "--lr-warmup must be 0 or more")
+    assert not os.path.exists(out)
+
+
 def test_real_commands_exit_non_zero_with_one_line(tmp_path):
     for script, argv in (("cls_train.py", ["--data", str(tmp_path / "nope")]),
                          ("attack.py", ["--target", str(tmp_path), "--class", "unicorn"])):

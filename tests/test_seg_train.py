@@ -38,8 +38,11 @@ def check_run_folder(out, data):
 def test_unet_run_and_original_size_predictions(demo_dir, tmp_path):
     out = str(tmp_path / "run")
     model, history = seg_train.train(data=demo_dir, arch="unet", out=out, img_size=64, epochs=2, width=8,
-                                     batch_size=4, verbose=0)
+                                     batch_size=4, lr=4e-3, lr_warmup=1, verbose=0)
     check_run_folder(out, demo_dir)
+    # one warm-up epoch at half the rate, then the 2-epoch cosine half-way down (0.02 + 0.98 / 2 of the peak)
+    rates = common.read_log(os.path.join(out, "log.csv"))["learning_rate"]
+    np.testing.assert_allclose(rates, [0.5 * 4e-3, 0.51 * 4e-3], rtol=1e-5)
     loaded, config = common.load_run(out, "segmentation")
     rng = np.random.default_rng(0)
     sizes = [(333, 500), (500, 281), (37, 101), (64, 64)]

@@ -8,7 +8,7 @@ import pytest
 import common
 
 
-def run_epochs(monkeypatch, minutes, stages, final, seconds_per_epoch):
+def run_epochs(monkeypatch, minutes, stages, final, seconds_per_epoch, warmup=0):
     """Drive TimeLimit and each stage's learning-rate schedule through the stages (start, end, lr)
     as the training scripts do; returns (timer, [(epoch, learning rate)] of the epochs that ran)."""
     clock = {"now": 1000.0}
@@ -19,7 +19,7 @@ def run_epochs(monkeypatch, minutes, stages, final, seconds_per_epoch):
     ran = []
     for start, end, lr in stages:
         model.stop_training = False
-        schedule = common.stage_callbacks("unused", None, timer, lr, start, end, final)[1].schedule
+        schedule = common.stage_callbacks("unused", None, timer, lr, start, end, final, warmup=warmup)[1].schedule
         for epoch in range(start, end):
             ran.append((epoch, schedule(epoch, None)))
             timer.on_epoch_begin(epoch)
@@ -71,3 +71,20 @@ def test_the_recorded_plan_is_the_last_one_even_when_it_moves_by_one_epoch(monke
     # printed again, but epochs_planned must still be the plan the run ended by
     timer, ran = run_epochs(monkeypatch, 10, [(0, 30, 1e-3)], 30, lambda e: 50.0 if e < 6 else 58.0)
     assert timer.planned == len(ran) == timer.stage_end, (timer.planned, len(ran), timer.stage_end)
+
+
+def test_warm_up_ramps_each_stage_then_follows_the_cosine(monkeypatch):
+    # 2 warm-up epochs: each stage starts at 1/3, then 2/3 of its cosine rate, then the cosine itself
+    _, ran = run_epochs(monkeypatch, None, [(0, 6, 3e-3), (6, 12, 3e-4)], 12, lambda e: 1.0, warmup=2)
+    lrs = [lr for _, lr in ran]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[6] == pytest.approx(1e-4)  # a third of each stage's peak
+    assert lrs[1] == pytest.approx(2 / 3 * common.cosine(3e-3, 0, 6)(1))
+    assert lrs[2:6] == [common.cosine(3e-3, 0, 6)(e) for e in range(2, 6)]
+    assert lrs[8:] == [common.cosine(3e-4, 6, 12)(e) for e in range(8, 12)]
+    assert lrs[0] < lrs[1] < lrs[2] and lrs[6] < lrs[7] < lrs[8]
+
+
+def test_warm_up_under_a_time_limit_still_ends_decayed(monkeypatch):
+    timer, ran = run_epochs(monkeypatch, 10, [(0, 30, 1e-3)], 30, lambda e: 60.0, warmup=2)
+    assert timer.planned == len(ran) == 10
+    assert ran[0][1] == pytest.approx(1e-3 / 3) and ran[-1][1] == pytest.approx(common.cosine(1e-3, 0, 10)(9))
