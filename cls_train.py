@@ -333,8 +333,9 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
         scratch 2e-3, mobilenetv2 1e-3). batch_size and lr are multiplied by the replica count.
     finetune_lr_factor: transfer only: the fine-tuning stage starts at lr * finetune_lr_factor
         (default 0.1).
-    lr_warmup: epochs of linear learning-rate warm-up at the start of each stage: the stage's
-        rate times 1/(lr_warmup+1), 2/(lr_warmup+1), ... (common.cosine; default 0, none).
+    lr_warmup: epochs of linear learning-rate warm-up at the start of each stage (fine-tuning
+        too): the stage's cosine rate times 1/(lr_warmup+1), 2/(lr_warmup+1), ...; a short stage
+        peaks below its lr (common.cosine; default 0, none).
     weights: transfer only: 'imagenet', 'none' (random init) or the path of a no-top .h5 file.
     backbone: transfer only: a name in common.BACKBONES (default 'mobilenetv2').
     loss: 'bce', 'focal' or 'asl' (MultiLabelLoss; default 'bce').
@@ -376,8 +377,8 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
         raise common.UserError(f"unknown --arch {arch!r}; choose scratch or mobilenetv2")
     if loss not in ("bce", "focal", "asl"):
         raise common.UserError(f"unknown --loss {loss!r}; choose bce, focal or asl")
-    if lr_warmup < 0:
-        raise common.UserError(f"--lr-warmup must be 0 or more epochs, not {lr_warmup}")
+    if not isinstance(lr_warmup, int) or lr_warmup < 0:
+        raise common.UserError(f"--lr-warmup must be a whole number of epochs, 0 or more, not {lr_warmup!r}")
     verbose = common.keras_verbosity(verbose)
     jit_compile = common.jit_flag(jit)
     strategy, devices = common.setup_devices(strategy, mixed_precision, batch_size, lr)
@@ -498,7 +499,8 @@ def main(argv=None):
                    help="transfer: learning-rate factor once the backbone's top stage is unfrozen "
                         "(default %(default)s)")
     p.add_argument("--lr-warmup", type=int, default=0, metavar="EPOCHS",
-                   help="epochs of linear learning-rate warm-up at the start of each stage (default %(default)s)")
+                   help="epochs of linear learning-rate warm-up at the start of each stage: 1/(N+1), 2/(N+1), "
+                        "... of its cosine rate (default %(default)s)")
     p.add_argument("--weights", default="imagenet", help="backbone weights: imagenet, none or a .h5 path")
     p.add_argument("--backbone", default="mobilenetv2", choices=list(common.BACKBONES),
                    help="transfer backbone (default %(default)s)")

@@ -174,10 +174,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_model(demo_dir, tmp_path, capsys
     assert np.isfinite(metrics["val_dice_tuned"])
 
 
-@pytest.mark.parametrize("main", [cls_train.main, seg_train.main])
-def test_negative_warm_up_is_refused_before_any_output(demo_dir, tmp_path, capsys, main):
+@pytest.mark.parametrize("script", [cls_train, seg_train])
+def test_a_bad_warm_up_is_refused_before_any_output(demo_dir, tmp_path, capsys, script):
     out = str(tmp_path / "run")
-    fails(capsys, main, train_argv(demo_dir, out, "--lr-warmup", "-1"), "--lr-warmup must be 0 or more")
+    fails(capsys, script.main, train_argv(demo_dir, out, "--lr-warmup", "-1"), "--lr-warmup must be a whole number")
+    with pytest.raises(common.UserError, match="whole number of epochs"):
+        script.train(data=demo_dir, out=out, lr_warmup=1.5)
     assert not os.path.exists(out)
 
 
