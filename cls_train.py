@@ -363,11 +363,11 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
     reloaded from out/model.keras (not compiled); history maps each Keras log key ('loss',
     'dice', 'val_loss', 'val_dice', ...) to its per-epoch values for the epochs this call ran.
     Also writes thresholds.json, metrics.json, log.csv, curves.png, gallery.png, config.json.
-    Raises common.UserError for an unknown arch, loss, backbone or device option, a negative
-    lr_warmup, weights that cannot be loaded, data that is missing, unreadable or has fewer than 2
-    labelled images, an existing `out` without resume or overwrite, resume without an interrupted
-    run, or training that ends with no epoch of finite loss; a run that fails before its first
-    epoch leaves no folder.
+    Raises common.UserError for an unknown arch, loss, backbone or device option, an lr_warmup that
+    is not a whole number >= 0, weights that cannot be loaded, data that is missing, unreadable or
+    has fewer than 2 labelled images, an existing `out` without resume or overwrite, resume without
+    an interrupted run, or training that ends with no epoch of finite loss; a run that fails before
+    its first epoch leaves no folder.
     """
     d = CLS_DEFAULTS["scratch" if arch == "scratch" else "mobilenetv2"]
     img_size, epochs = img_size or d["img_size"], epochs or d["epochs"]

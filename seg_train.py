@@ -341,11 +341,11 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, epochs=None, 
     history maps each Keras log key ('loss', 'miou', 'dice', 'val_loss', 'val_miou', 'val_dice',
     ...) to its per-epoch values for the epochs this call ran. Also writes metrics.json (at
     original resolution), log.csv, curves.png, gallery.png, config.json.
-    Raises common.UserError for an unknown arch, loss, backbone or device option, a negative
-    lr_warmup, an img_size that is not a multiple of 32, weights that cannot be loaded, data that
-    is missing, unreadable, without masks or with fewer than 2 labelled images, an existing `out`
-    without resume or overwrite, resume without an interrupted run, or training that ends with no
-    epoch of finite loss; a run that fails before its first epoch leaves no folder.
+    Raises common.UserError for an unknown arch, loss, backbone or device option, an lr_warmup that
+    is not a whole number >= 0, an img_size that is not a multiple of 32, weights that cannot be
+    loaded, data that is missing, unreadable, without masks or with fewer than 2 labelled images, an
+    existing `out` without resume or overwrite, resume without an interrupted run, or training that
+    ends with no epoch of finite loss; a run that fails before its first epoch leaves no folder.
     """
     if arch not in SEG_DEFAULTS:
         raise common.UserError(f"unknown --arch {arch!r}; choose unet or mobilenetv2_unet")
