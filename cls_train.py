@@ -377,8 +377,7 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
         raise common.UserError(f"unknown --arch {arch!r}; choose scratch or mobilenetv2")
     if loss not in ("bce", "focal", "asl"):
         raise common.UserError(f"unknown --loss {loss!r}; choose bce, focal or asl")
-    if not isinstance(lr_warmup, int) or lr_warmup < 0:
-        raise common.UserError(f"--lr-warmup must be a whole number of epochs, 0 or more, not {lr_warmup!r}")
+    lr_warmup = common.warmup_epochs(lr_warmup)
     verbose = common.keras_verbosity(verbose)
     jit_compile = common.jit_flag(jit)
     strategy, devices = common.setup_devices(strategy, mixed_precision, batch_size, lr)

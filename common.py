@@ -1403,6 +1403,14 @@ def cosine(lr, start, end, floor=0.02, warmup=0):
     return schedule
 
 
+def warmup_epochs(n):
+    """--lr-warmup checked before a run starts: n (epochs of `cosine`'s warm-up) if it is a whole
+    number >= 0; UserError otherwise."""
+    if not isinstance(n, int) or n < 0:
+        raise UserError(f"--lr-warmup must be a whole number of epochs, 0 or more, not {n!r}")
+    return n
+
+
 def resume_model(out, state):
     """The model of an interrupted run as saved after its last finished epoch, optimizer included."""
     print(f"resuming after epoch {state.get('epoch', 0)} (best so far {state.get('best')})", flush=True)
@@ -1418,7 +1426,7 @@ def keras_verbosity(verbose=None):
 def planned_cosine(timer, lr, start, end, final, warmup=0):
     """A LearningRateScheduler for the stage of epochs [start, end) of `final`: cosine from lr down
     to where the TimeLimit `timer` plans the stage to end (TimeLimit.plan; `end` without a limit),
-    after `warmup` epochs of warm-up (`cosine`). Put it before `timer` in the callbacks."""
+    its first `warmup` epochs ramped up (`cosine`). Put it before `timer` in the callbacks."""
     return keras.callbacks.LearningRateScheduler(
         lambda epoch, _: cosine(lr, start, timer.plan(epoch, start, end, final), warmup=warmup)(epoch))
 

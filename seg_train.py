@@ -351,8 +351,7 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, epochs=None, 
         raise common.UserError(f"unknown --arch {arch!r}; choose unet or mobilenetv2_unet")
     if loss not in ("ce", "dice", "ce+dice"):
         raise common.UserError(f"unknown --loss {loss!r}; choose ce, dice or ce+dice")
-    if not isinstance(lr_warmup, int) or lr_warmup < 0:
-        raise common.UserError(f"--lr-warmup must be a whole number of epochs, 0 or more, not {lr_warmup!r}")
+    lr_warmup = common.warmup_epochs(lr_warmup)
     d = SEG_DEFAULTS[arch]
     img_size, epochs = img_size or d["img_size"], epochs or d["epochs"]
     batch_size, lr = batch_size or d["batch_size"], lr or d["lr"]
