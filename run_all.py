@@ -35,8 +35,8 @@ QUICK = {  # scratch models sized to finish the demo in minutes on a laptop CPU 
     # segmenter: it underfits rather than overfits, so steps matter more than width or pixels: width
     # 8 at 96 px for 26 epochs gave val Dice 0.890 (width 16 for 20 epochs: 0.840, and slower per
     # epoch); with a 2-epoch warm-up (Adam starts at 5e-3 from random weights otherwise) 0.894 / 0.864
-    # / 0.910 / 0.815 at seeds 0-3, seed 3 a slow start that ran out of epochs; 64 px crops for 40
-    # epochs, in about the same time: 0.911 / 0.886 / 0.890 / 0.856
+    # / 0.910 / 0.815 at seeds 0-3, seed 3 a slow start that ran out of epochs; 64 px (crops, and the
+    # longer side in prediction) for 40 epochs, in about the same time: 0.911 / 0.886 / 0.890 / 0.856
     "seg": dict(arch="unet", img_size=64, epochs=40, width=8, batch_size=8, lr_warmup=2),
     # attack: at 8/255 the generator stays at the noise level against the demo classifier (12%, random
     # signs 9%, PGD-10 88% on the old 300-image demo); at 16/255 it learns: held-out 59% after 14
