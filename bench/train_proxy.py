@@ -24,9 +24,9 @@ RUNS = {
                         30),
     "cls_scratch": (cls_train, dict(arch="scratch", img_size=128, epochs=25, batch_size=32), 30),
     # 384 px since 2026-12-01 (256 before): +0.026 held-out segmentation Dice on 2 draws (bench/holdout_proxy.py
-    # --train seg_img_384), 80 s an epoch on a draw's 483 training photos; on the full proxy's 604 about 100 s
-    # (estimated, not yet run at 384), so the 30 epochs should take about 50 of the 58 minutes there; on an
-    # AVX2-only CPU an epoch takes about 2x longer even with oneDNN on, and the time limit plans fewer epochs
+    # --train seg_img_384), 80 s an epoch on a draw's 483 training photos (first machine); on the full proxy's 604
+    # on an AVX2-only CPU, oneDNN on, 177-244 s an epoch: the limit planned 16 of the 30 epochs there (val seg
+    # Dice 0.719, mIoU 0.529; bench/README.md)
     "seg_mobilenetv2_unet": (seg_train, dict(arch="mobilenetv2_unet", img_size=384, epochs=30, frozen_epochs=6,
                                              repeat_factor=True), 58),
     "seg_unet": (seg_train, dict(arch="unet", img_size=128, epochs=50), 58),
