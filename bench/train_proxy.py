@@ -71,7 +71,7 @@ def main():
     if args.report:
         folder = os.path.join(HERE, "results")
         results = [common.read_json(os.path.join(folder, f)) for f in sorted(os.listdir(folder))
-                   if f.endswith(".json") and f.startswith(("cls_", "seg_"))]
+                   if f.endswith(".json") and f.startswith(tuple(RUNS))]  # not the other benches' cls_/seg_ files
     print("\n| run | px | epochs | wall minutes | numbers (validation split) |\n|---|---|---|---|---|")
     for r in results:
         m = r["metrics"]
