@@ -290,6 +290,9 @@ class Goal:
         lo, hi = int(round(size * (1 - region) / 2)), int(round(size * (1 + region) / 2))
         box[lo:hi, lo:hi] = 1
         self.region, self.region_pixels = tf.constant(box), float(box.sum())
+        # compiled once for evaluation's many batches: the outputs, and the reference of clean images
+        self.outputs = compiled(lambda images: target(images, training=False), size)
+        self.clean_reference = compiled(lambda images: self.reference(self.logits(images)), size)
 
     def reference(self, z):
         """What the model says about the clean images, from their logits: the reported labels (B, 20)
@@ -477,7 +480,7 @@ def gradient_attack(goal, images, eps, l2=None, steps=10, start=None):
         delta, step_size = tf.zeros_like(images), eps if steps == 1 else 2.5 * eps / steps
     else:
         delta, step_size = start, eps / 4
-    for _ in range(steps):
+    for _ in tf.range(steps):  # a loop in the graph when compiled (tf.function), not `steps` copies of it
         with tf.GradientTape() as tape:
             tape.watch(delta)
             z = goal.logits(perturb(images, delta))
@@ -488,6 +491,12 @@ def gradient_attack(goal, images, eps, l2=None, steps=10, start=None):
         delta = project(delta - step, eps, l2)
         delta = perturb(images, delta) - images  # stay in [0, 255]
     return delta
+
+
+def compiled(fn, img_size):
+    """fn(images) as one tf.function for every batch of (B, img_size, img_size, 3) float32 images:
+    traced once, not once per batch size (a trace of the model with its gradient costs seconds)."""
+    return tf.function(fn, input_signature=[tf.TensorSpec((None, img_size, img_size, 3), tf.float32)])
 
 
 def random_noise(images, eps, l2=None, seed=0):
@@ -538,9 +547,8 @@ def evaluate(goal, images, craft, batch_size=16, transfer=None):
         rows["seconds"].append(np.full(len(x), (time.time() - t) / len(x)))
         adv_all.append(adv)
         adv = tf.constant(adv)
-        clean_out = goal.target(x, training=False)
-        reference = goal.reference(goal.logits(x))
-        for key, out in (("before", clean_out), ("", goal.target(adv, training=False))):
+        reference = goal.clean_reference(x)
+        for key, out in (("before", goal.outputs(x)), ("", goal.outputs(adv))):
             ok, score = goal.judge(out, reference)
             rows["ok" + ("_" + key if key else "")].append(ok)
             rows["score_" + (key or "after")].append(score)
@@ -549,9 +557,9 @@ def evaluate(goal, images, craft, batch_size=16, transfer=None):
         if transfer is not None:
             size = transfer.config["img_size"]
             xt, at = tf.image.resize(x, (size, size)), tf.image.resize(adv, (size, size))
-            ref_t = transfer.reference(transfer.logits(xt))
-            rows["transfer_ok"].append(transfer.judge(transfer.target(at, training=False), ref_t)[0])
-            rows["transfer_ok_before"].append(transfer.judge(transfer.target(xt, training=False), ref_t)[0])
+            ref_t = transfer.clean_reference(xt)
+            rows["transfer_ok"].append(transfer.judge(transfer.outputs(at), ref_t)[0])
+            rows["transfer_ok_before"].append(transfer.judge(transfer.outputs(xt), ref_t)[0])
     per_image = {k: np.concatenate(v) for k, v in rows.items()}
     n, hits = len(images), int(per_image["ok"].sum())
     summary = {"success_rate": hits / n, "success_95ci": wilson(hits, n),
@@ -740,16 +748,18 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
         unchanged = all(np.array_equal(a, b) for a, b in zip(weights_before, the_goal.target.get_weights()))
         common.save_model(generator, os.path.join(out, "generator.keras"))
 
-        # Evaluation on held-out images, every method judged by the tuned-threshold rule
+        # Evaluation on held-out images, every method judged by the tuned-threshold rule; the
+        # gradient attacks compiled, as the generator is (predict_on_batch): run eagerly, PGD-10
+        # against the quickstart's classifier took 233 ms an image, compiled 42 (bench/README.md)
         gen = trainer.predict_on_batch  # the perturbed batch (NumPy)
         pgd = f"pgd{pgd_steps}"
         methods = {"generator": gen,
                    "random_noise": lambda x: perturb(x, random_noise(x, eps, l2)),
-                   "fgsm": lambda x: x + gradient_attack(the_goal, x, eps, l2, steps=1),
-                   pgd: lambda x: x + gradient_attack(the_goal, x, eps, l2, steps=pgd_steps)}
+                   "fgsm": compiled(lambda x: x + gradient_attack(the_goal, x, eps, l2, steps=1), size),
+                   pgd: compiled(lambda x: x + gradient_attack(the_goal, x, eps, l2, steps=pgd_steps), size)}
         if hybrid_steps:
-            methods[f"generator+refine{hybrid_steps}"] = lambda x: x + gradient_attack(
-                the_goal, x, eps, l2, steps=hybrid_steps, start=tf.convert_to_tensor(gen(x)) - x)
+            methods[f"generator+refine{hybrid_steps}"] = compiled(lambda x: x + gradient_attack(
+                the_goal, x, eps, l2, steps=hybrid_steps, start=trainer(x) - x), size)
         # target passes per image (forward, backward): the generator reads the target's encoder once;
         # the gradient attacks run it on the clean image (reference) and once per step
         cost = {"generator": (1, 0), "random_noise": (0, 0), "fgsm": (2, 1), pgd: (pgd_steps + 1, pgd_steps),
@@ -762,7 +772,7 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
         budget_table = {}
         for b in budgets:  # success vs budget: the generator's perturbation rescaled, PGD at that budget
             scaled = lambda x, b=b: perturb(x, project((tf.convert_to_tensor(gen(x)) - x) * (b / eps), b, l2))  # noqa: E731
-            pgd_at_b = lambda x, b=b: x + gradient_attack(the_goal, x, b, l2, steps=pgd_steps)  # noqa: E731
+            pgd_at_b = compiled(lambda x, b=b: x + gradient_attack(the_goal, x, b, l2, steps=pgd_steps), size)
             row = {}
             for name, craft in (("generator_rescaled", scaled), (pgd, pgd_at_b)):
                 r = evaluate(the_goal, val_images, craft)[0]

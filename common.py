@@ -1662,18 +1662,19 @@ def make_demo(root=None, n_train=600, n_test=100, seed=0, scale=1.0):
         for sub in ("img", "seg") if split == "train" else ("img",):
             os.makedirs(os.path.join(tmp, split, sub))
         rows = []
-        for i in range(n):
-            image, mask = demo_example(seed, offset + i, scale)
-            np.save(os.path.join(tmp, split, "img", f"{split}_{i}.npy"), image)
-            labels = labels_from_mask(mask)
-            if split == "train":
-                np.save(os.path.join(tmp, split, "seg", f"{split}_{i}.npy"), mask)
-                rows.append([i] + labels.tolist())
-            else:
-                rows.append([i] + [-1] * NUM_CLASSES)
-                test["ids"].append(i)
-                test["labels"].append(labels)
-                test["masks"].append(mask)
+        with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:  # NumPy's array work runs outside the GIL
+            examples = pool.map(lambda k: demo_example(seed, k, scale), range(offset, offset + n))
+            for i, (image, mask) in enumerate(examples):
+                np.save(os.path.join(tmp, split, "img", f"{split}_{i}.npy"), image)
+                labels = labels_from_mask(mask)
+                if split == "train":
+                    np.save(os.path.join(tmp, split, "seg", f"{split}_{i}.npy"), mask)
+                    rows.append([i] + labels.tolist())
+                else:
+                    rows.append([i] + [-1] * NUM_CLASSES)
+                    test["ids"].append(i)
+                    test["labels"].append(labels)
+                    test["masks"].append(mask)
         with open(os.path.join(tmp, split, f"{split}_set.csv"), "w", newline="") as f:
             csv.writer(f, lineterminator="\n").writerows([["Id", *CLASSES]] + rows)
     with open(os.path.join(tmp, "test_labels.csv"), "w", newline="") as f:

@@ -2,7 +2,8 @@
 at test time the generator must be at least 10x faster than PGD-10 per image). For each run
 folder of attack.py, on its held-out images: the generator as attack.run evaluates it (the
 compiled GeneratorAttack.predict_on_batch, one target encoder forward per image) and PGD-10
-(`attack.gradient_attack`, 11 target forwards and 10 backwards per image), both timed by
+(`attack.gradient_attack`, 11 target forwards and 10 backwards per image; compiled too, as
+attack.run evaluates it since 2026-12-01: the rows recorded before ran it eagerly), both timed by
 `attack.evaluate` in batches of 16 after an untimed warm-up call per batch shape.
 
     KERAS_HOME=../shared/keras_home python bench/attack_speed.py runs/bench_attack_cls_untargeted_eps8_gated
@@ -28,7 +29,8 @@ def time_run(run):
     goal, val, eps, l2, _ = load_run(run)
     generator = keras.models.load_model(os.path.join(run, "generator.keras"), safe_mode=True)
     methods = {"generator": attack.GeneratorAttack(generator, goal).predict_on_batch,
-               "pgd10": lambda x: x + attack.gradient_attack(goal, x, eps, l2, steps=10)}
+               "pgd10": attack.compiled(lambda x: x + attack.gradient_attack(goal, x, eps, l2, steps=10),
+                                        goal.config["img_size"])}
     return {name: attack.evaluate(goal, val, craft)[0] for name, craft in methods.items()}
 
 
