@@ -74,6 +74,16 @@ def test_dice_known_answers():
         assert common.rle_dice(common.rle_encode(a), common.rle_encode(b)) == pytest.approx(common.dice(a, b))
 
 
+def test_classification_dice_is_the_mean_of_each_rows_dice():
+    # known answer: rows [1, 0] vs [1, 0] (1.0), both empty (1.0), [1, 1] vs [1, 0] (2/3)
+    assert common.classification_dice([[1, 0], [0, 0], [1, 1]], [[1, 0], [0, 0], [1, 0]]) == pytest.approx(8 / 9)
+    rng = np.random.default_rng(4)
+    for _ in range(200):  # exactly the float64 mean of `dice` per row (threshold tuning compares these)
+        n = int(rng.integers(1, 40))
+        p, t = rng.random((n, 20)) < rng.random() / 3, rng.random((n, 20)) < rng.random() / 3
+        assert common.classification_dice(p, t) == float(np.mean([common.dice(a, b) for a, b in zip(p, t)]))
+
+
 def test_segmentation_dice_is_dice_of_the_class_stack():
     rng = np.random.default_rng(3)
     for _ in range(20):
