@@ -750,7 +750,7 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
 
         # Evaluation on held-out images, every method judged by the tuned-threshold rule; the
         # gradient attacks compiled, as the generator is (predict_on_batch): run eagerly, PGD-10
-        # against the quickstart's classifier took 233 ms an image, compiled 42 (bench/README.md)
+        # against the quickstart's classifier took 233 ms an image, compiled 42-48 (bench/README.md)
         gen = trainer.predict_on_batch  # the perturbed batch (NumPy)
         pgd = f"pgd{pgd_steps}"
         methods = {"generator": gen,

@@ -2,7 +2,7 @@
 attack generator against the classifier, predict the test split, write submission.csv, score it
 when labels exist, and write summary.md linking every figure.
 
-    python run_all.py --data demo                  # 9-16 minutes on a 2-core CPU
+    python run_all.py --data demo                  # about 9-16 minutes on a 2-core CPU
     python run_all.py --data DIR --transfer --out runs/full   # MobileNetV2 models, full sizes
 
 Sizes and epochs default to a quick run (scratch models at small sizes); --transfer switches to
@@ -62,7 +62,7 @@ def run(data="demo", out="runs/all", transfer=False, overwrite=False, verbose=2,
     data: dataset folder, 'demo' (default; the built-in synthetic set) or None (the competition
         data under /kaggle/input).
     transfer: use TRANSFER (MobileNetV2 models at their default sizes and epochs) instead of
-        QUICK (small scratch models; 9-16 minutes on the demo with a 2-core CPU). Default False.
+        QUICK (small scratch models; about 9-16 minutes on the demo with a 2-core CPU). Default False.
     overwrite: replace an existing `out` (put back if the run fails before cls/metrics.json exists).
     verbose: Keras verbosity of the training stages (0 silent, 1 progress bar, 2 one line per
         epoch; default 2).

@@ -2,8 +2,9 @@
 at test time the generator must be at least 10x faster than PGD-10 per image). For each run
 folder of attack.py, on its held-out images: the generator as attack.run evaluates it (the
 compiled GeneratorAttack.predict_on_batch, one target encoder forward per image) and PGD-10
-(`attack.gradient_attack`, 11 target forwards and 10 backwards per image; compiled too, as
-attack.run evaluates it since 2026-12-01: the rows recorded before ran it eagerly), both timed by
+(`attack.gradient_attack`, 11 target forwards and 10 backwards per image) compiled, as attack.run
+evaluates it since 2026-12-01, and run eagerly (`pgd10_eager`; the rows recorded before timed only
+that, as `pgd10`), all timed by
 `attack.evaluate` in batches of 16 after an untimed warm-up call per batch shape.
 
     KERAS_HOME=../shared/keras_home python bench/attack_speed.py runs/bench_attack_cls_untargeted_eps8_gated
