@@ -254,7 +254,7 @@ def out_of_fold_dice(probs, labels, folds=5, seed=0, resamples=2000):
         rest = np.setdiff1d(order, held)
         thresholds, _ = tune_thresholds(probs[rest], truth[rest])
         pred[held] = decide(probs[held], thresholds)
-    per_image = np.array([common.dice(p, t) for p, t in zip(pred, truth)])
+    per_image = common.classification_dice_per_image(pred, truth)
     means = np.random.default_rng(seed).choice(per_image, (resamples, len(per_image))).mean(1)
     return float(per_image.mean()), (float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)))
 
@@ -296,7 +296,7 @@ def predict_probs(model, split, examples, config, batch_size=32, flip=False):
 def cls_gallery(path, split, examples, probs, pred, n=6):
     """The n best and n worst validation images by per-image Dice, with true and predicted labels."""
     truth = split.labels > 0
-    scores = np.array([common.dice(p, t) for p, t in zip(pred, truth)])
+    scores = common.classification_dice_per_image(pred, truth)
     order = np.argsort(-scores + 1e-6 * np.arange(len(scores)), kind="stable")
     tiles = []
     for k, i in enumerate(list(order[:n]) + list(order[::-1][:n])):

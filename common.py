@@ -713,15 +713,19 @@ def rle_dice(a, b):
     return 2.0 * inter / total
 
 
-def classification_dice(pred, true):
-    """Mean per-image competition Dice of binary label vectors (N, 20): `dice` of each row, 1.0
-    for a row empty in both, computed for all rows at once (the same float64 values as `dice`;
-    threshold tuning calls this thousands of times)."""
+def classification_dice_per_image(pred, true):
+    """Competition Dice of each row of binary label vectors (N, 20): (N,) float64, `dice` of each
+    row (1.0 for a row empty in both), computed for all rows at once, with the same values as
+    `dice` (threshold tuning calls this thousands of times)."""
     pred, true = np.asarray(pred).astype(bool), np.asarray(true).astype(bool)
     pred, true = pred.reshape(len(pred), -1), true.reshape(len(true), -1)
     total = pred.sum(1) + true.sum(1)
-    per_image = np.where(total == 0, 1.0, 2.0 * (pred & true).sum(1) / np.maximum(total, 1))
-    return float(np.mean(per_image))
+    return np.where(total == 0, 1.0, 2.0 * (pred & true).sum(1) / np.maximum(total, 1))
+
+
+def classification_dice(pred, true):
+    """Mean per-image competition Dice of binary label vectors (N, 20)."""
+    return float(np.mean(classification_dice_per_image(pred, true)))
 
 
 def segmentation_dice(pred_mask, true_mask):

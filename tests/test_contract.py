@@ -81,7 +81,9 @@ def test_classification_dice_is_the_mean_of_each_rows_dice():
     for _ in range(200):  # exactly the float64 mean of `dice` per row (threshold tuning compares these)
         n = int(rng.integers(1, 40))
         p, t = rng.random((n, 20)) < rng.random() / 3, rng.random((n, 20)) < rng.random() / 3
-        assert common.classification_dice(p, t) == float(np.mean([common.dice(a, b) for a, b in zip(p, t)]))
+        per_row = [common.dice(a, b) for a, b in zip(p, t)]
+        assert common.classification_dice_per_image(p, t).tolist() == per_row
+        assert common.classification_dice(p, t) == float(np.mean(per_row))
 
 
 def test_segmentation_dice_is_dice_of_the_class_stack():
