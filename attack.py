@@ -728,6 +728,7 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
         generator = build_generator(feature_taps(the_goal.target, size), eps, psnr_min, width, gate)
         trainer = GeneratorAttack(generator, the_goal, augment, confidence)
         trainer.compile(optimizer=keras.optimizers.Adam(lr))
+        common.build_optimizer(trainer, generator.trainable_variables)
         timer = common.TimeLimit(time_limit)  # plans the last epoch from the pace so far
         schedule = common.planned_cosine(timer, lr, 0, epochs, epochs)
         weights_before = [w.copy() for w in the_goal.target.get_weights()]

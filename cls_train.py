@@ -429,6 +429,7 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
                     model.compile(optimizer=keras.optimizers.AdamW(stage_lr, weight_decay=1e-4),
                                   loss=MultiLabelLoss(loss, pos_weights),
                                   metrics=[LabelDice(top1=True, name="dice")], jit_compile=jit_compile)
+                    common.build_optimizer(model)
             checkpoint.state["stage"] = stage
             callbacks = common.stage_callbacks(out, checkpoint, timer, stage_lr, start, end, epochs, patience,
                                                warmup=lr_warmup)

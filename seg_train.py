@@ -411,6 +411,7 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, epochs=None, 
                                   metrics=[keras.metrics.MeanIoU(NUM_CLASSES + 1, ignore_class=VOID,
                                                                  sparse_y_pred=False, name="miou"),
                                            MaskDice(name="dice")], jit_compile=jit_compile)
+                    common.build_optimizer(model)
             checkpoint.state["stage"] = stage
             callbacks = common.stage_callbacks(out, checkpoint, timer, stage_lr, start, end, epochs, patience,
                                                warmup=lr_warmup)
