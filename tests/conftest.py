@@ -65,6 +65,20 @@ def learned_seg(learn_dir, tmp_path_factory):
     return out
 
 
+def count_traces(monkeypatch, cls, name="train_step"):
+    """A list that grows by one each time `cls.name` runs as Python, which for a compiled training
+    step is each time it is traced (common.build_optimizer keeps that to once per compile)."""
+    traces = []
+    original = getattr(cls, name)
+
+    def counting(self, *args, **kwargs):
+        traces.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, counting)
+    return traces
+
+
 def record_initial_backbone(monkeypatch, module, builder):
     """Wrap module.<builder> so the weights of the backbone it builds are recorded at construction:
     the exact starting point of the model a training run then trains (random or ImageNet alike).

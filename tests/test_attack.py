@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import count_traces
 
 import attack
 import cls_train
@@ -302,14 +303,16 @@ def test_wilson_interval_known_values():
 
 
 @pytest.mark.parametrize("goal", ["cls_targeted", "cls_untargeted", "seg_targeted"])
-def test_every_goal_runs_end_to_end(learned_cls, learned_seg, tiny_runs, tmp_path, goal):
+def test_every_goal_runs_end_to_end(learned_cls, learned_seg, tiny_runs, tmp_path, monkeypatch, goal):
     out = str(tmp_path / goal)
     target, other = (learned_seg, tiny_runs[1]) if goal == "seg_targeted" else (learned_cls, tiny_runs[0])
+    traces = count_traces(monkeypatch, attack.GeneratorAttack)
     # a time limit shorter than one epoch: the run stops after its first epoch and says so
     metrics = attack.run(target=target, goal=goal, eps=8.0, psnr_min=30.0, epochs=3, time_limit=1e-4, batch_size=8,
                          width=4, gate=goal == "cls_untargeted", out=out, pgd_steps=2, hybrid_steps=1, budgets=[4.0],
                          transfer=other, max_train=32, max_eval=16, verbose=0)
     assert metrics["epochs"] == 1 and metrics["epochs_configured"] == 3 and metrics["stopped_by_time_limit"]
+    assert len(traces) == 1  # the optimizer built before fit: no second trace of the step
     assert metrics["train_image_gradients"] == 32
     for name in ("generator.keras", "metrics.json", "panel.png", "log.csv", "curves.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0

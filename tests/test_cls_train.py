@@ -11,7 +11,8 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import HAVE_IMAGENET, ROOT, assert_batchnorm_unchanged, changed_backbone_layers, record_initial_backbone
+from conftest import (HAVE_IMAGENET, ROOT, assert_batchnorm_unchanged, changed_backbone_layers, count_traces,
+                      record_initial_backbone)
 
 import cls_train
 import common
@@ -34,10 +35,12 @@ def check_run_folder(out):
     return metrics
 
 
-def test_scratch_run_writes_everything_and_reloads(demo_dir, tmp_path):
+def test_scratch_run_writes_everything_and_reloads(demo_dir, tmp_path, monkeypatch):
     out = str(tmp_path / "run")
+    traces = count_traces(monkeypatch, keras.Model)
     model, history = cls_train.train(data=demo_dir, arch="scratch", out=out, img_size=32, epochs=2,
                                      width=8, batch_size=8, verbose=0)
+    assert len(traces) == 1  # the optimizer built before fit: no second trace of the step
     check_run_folder(out)
     assert len(history["loss"]) == 2 and len(common.read_log(os.path.join(out, "log.csv"))["loss"]) == 2
     # a reloaded model plus its thresholds gives the same predictions

@@ -3,10 +3,12 @@
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import HAVE_IMAGENET, assert_batchnorm_unchanged, changed_backbone_layers, record_initial_backbone
+from conftest import (HAVE_IMAGENET, assert_batchnorm_unchanged, changed_backbone_layers, count_traces,
+                      record_initial_backbone)
 
 import common
 import seg_train
@@ -35,10 +37,12 @@ def check_run_folder(out, data):
     return metrics
 
 
-def test_unet_run_and_original_size_predictions(demo_dir, tmp_path):
+def test_unet_run_and_original_size_predictions(demo_dir, tmp_path, monkeypatch):
     out = str(tmp_path / "run")
+    traces = count_traces(monkeypatch, keras.Model)
     model, history = seg_train.train(data=demo_dir, arch="unet", out=out, img_size=64, epochs=2, width=8,
                                      batch_size=4, lr=4e-3, lr_warmup=1, verbose=0)
+    assert len(traces) == 1  # the optimizer built before fit: no second trace of the step
     check_run_folder(out, demo_dir)
     # one warm-up epoch at half the rate, then the 2-epoch cosine half-way down (0.02 + 0.98 / 2 of the peak)
     rates = common.read_log(os.path.join(out, "log.csv"))["learning_rate"]
