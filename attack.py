@@ -732,9 +732,9 @@ def run(target="runs/cls", goal="cls_targeted", target_class=None, eps=8.0, psnr
         timer = common.TimeLimit(time_limit)  # plans the last epoch from the pace so far
         schedule = common.planned_cosine(timer, lr, 0, epochs, epochs)
         weights_before = [w.copy() for w in the_goal.target.get_weights()]
-        ds = (tf.data.Dataset.from_tensor_slices(train_images).shuffle(len(train_images), seed=seed)
-              .batch(batch_size).prefetch(tf.data.AUTOTUNE))
-        val_ds = tf.data.Dataset.from_tensor_slices(val_images).batch(2 * batch_size)
+        ds = tf.data.Dataset.from_tensor_slices(train_images).shuffle(len(train_images), seed=seed)
+        ds = common.without_autotune(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+        val_ds = common.without_autotune(tf.data.Dataset.from_tensor_slices(val_images).batch(2 * batch_size))
         t = time.time()
         history = trainer.fit(ds, epochs=epochs, verbose=verbose, validation_data=val_ds,
                               callbacks=[schedule, ImageGradients(len(train_images)),

@@ -1,6 +1,7 @@
 """Benchmark: where a quick stage's slow epochs come from (issue 16 item 4, Linux only).
 
-    python bench/pace.py [--model unet|scratch|mobilenetv2] [--epochs 16] [--label NAME]
+    python bench/pace.py [--model unet|scratch|mobilenetv2] [--epochs 16] [--autotune off|on] [--label NAME]
+    python bench/pace.py --autotune on                               # tf.data's autotuning on, as before
     TF_NUM_INTRAOP_THREADS=1 python bench/pace.py                    # one thread inside each op
     KERAS_HOME=../shared/keras_home python bench/pace.py --model mobilenetv2 --epochs 3
 
@@ -9,7 +10,10 @@ hour and from epoch to epoch. This trains one quick model on batches already in 
 training split, augmented once: no input pipeline in the timed loop) and prints per epoch its wall
 seconds, the seconds of CPU the process used, and the idle core-seconds of the whole machine
 (/proc/stat). A slow epoch that uses the same CPU seconds while a core sits idle is time spent
-waiting, not computing.
+waiting, not computing. The batches are a tf.data dataset that Keras iterates anew each epoch,
+with tf.data's autotuning off as in the project's pipelines (`common.without_autotune`), or on
+(`--autotune on`, tf.data's default), which is where the waits were found (bench/README.md, eighth
+round).
 
   unet         run_all.QUICK's U-Net (width 8, 64 px crops, batch 8), its training augmentation
   scratch      run_all.QUICK's classifier (width 16, 3 pools, 64 px, batch 16), its augmentation
@@ -90,23 +94,33 @@ def model_and_data(name):
     return net, tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
 
 
+def autotuned(ds, setting):
+    """`ds` with tf.data's autotuning as --autotune says ('on': tf.data's default)."""
+    return ds if setting == "on" else common.without_autotune(ds)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="unet", choices=["unet", "scratch", "mobilenetv2"])
     p.add_argument("--epochs", type=int, default=16, help="epochs, the first (tracing) one included (default 16)")
-    p.add_argument("--label", default=None, help="key in pace.json (default: the model and thread setting)")
+    p.add_argument("--autotune", default="off", choices=["off", "on"],
+                   help="tf.data's autotuning of the in-memory batches: off as in the project's pipelines "
+                        "(default), or on (tf.data's default)")
+    p.add_argument("--label", default=None,
+                   help="key in pace.json (default: the model, thread and autotune settings)")
     args = p.parse_args(argv)
     keras.utils.set_random_seed(0)
     threads = os.environ.get("TF_NUM_INTRAOP_THREADS", "default")
     net, ds = model_and_data(args.model)
+    ds = autotuned(ds, args.autotune)
     pace = EpochPace()
     net.fit(ds, epochs=args.epochs, verbose=0, callbacks=[pace])
     rows = pace.rows[1:]  # the first epoch traces the step
     walls = np.array([r["wall_s"] for r in rows])
     fastest = walls.min()
     slow = [r for r in rows if r["wall_s"] > 1.5 * fastest]
-    summary = dict(model=args.model, intra_op_threads=threads, cpu_count=os.cpu_count(),
+    summary = dict(model=args.model, intra_op_threads=threads, autotune=args.autotune, cpu_count=os.cpu_count(),
                    date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                    epochs_timed=len(rows), wall_s_total=float(walls.sum()),
                    slow_epochs=len(slow), cpu_s_mean=float(np.mean([r["cpu_s"] for r in rows])),
@@ -114,14 +128,15 @@ def main(argv=None):
                    idle_core_s_mean_fast=float(np.mean([r["idle_core_s"] for r in rows if r not in slow])),
                    idle_core_s_mean_slow=float(np.mean([r["idle_core_s"] for r in slow])) if slow else None,
                    epochs=pace.rows)
-    line = (f"{args.model}, intra-op threads {threads}: epochs 2-{args.epochs} took {walls.sum():.1f} s; {len(slow)} "
-            f"slow (over 1.5x the fastest, {fastest:.1f} s); CPU {summary['cpu_s_mean']:.1f} s an epoch")
+    line = (f"{args.model}, intra-op threads {threads}, autotune {args.autotune}: epochs 2-{args.epochs} took "
+            f"{walls.sum():.1f} s; {len(slow)} slow (over 1.5x the fastest, {fastest:.1f} s); "
+            f"CPU {summary['cpu_s_mean']:.1f} s an epoch")
     if slow:
         line += (f" ({summary['cpu_s_mean_slow']:.1f} s in the slow ones); idle core-s an epoch "
                  f"{summary['idle_core_s_mean_fast']:.1f} fast, {summary['idle_core_s_mean_slow']:.1f} slow")
     print(line, flush=True)
     results = common.read_json(RESULTS) if os.path.isfile(RESULTS) else {}
-    results[args.label or f"{args.model} intra-op threads {threads}"] = summary
+    results[args.label or f"{args.model} intra-op threads {threads} autotune {args.autotune}"] = summary
     common.write_json(RESULTS, results)
 
 

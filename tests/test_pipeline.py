@@ -1,4 +1,5 @@
-"""The tf.data input pipeline: shapes, dtypes, void padding, aligned augmentation, determinism."""
+"""The tf.data input pipeline: shapes, dtypes, void padding, aligned augmentation, determinism,
+autotuning off."""
 
 import numpy as np
 import pytest
@@ -172,3 +173,12 @@ def test_repeat_factor_sampling(demo_train):
     seen = np.concatenate([y for _, y in batches(ds)])
     assert len(seen) == len(split) + 2
     assert sum(np.array_equal(row, split.labels[2]) for row in seen) >= 3
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_pipelines_run_without_autotune(demo_train, training):
+    """With tf.data's autotuning on, Keras's deletion of each epoch's iterator could wait for the
+    autotuning thread's next wake-up (common.without_autotune)."""
+    split, examples = demo_train
+    ds = common.make_dataset(split, examples, size=64, batch_size=5, training=training)
+    assert ds.options().autotune.enabled is False
