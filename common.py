@@ -1318,11 +1318,13 @@ def read_json(path):
         return json.load(f)
 
 
-def save_model(model, path):
-    """model.save through a temporary name + rename, so a crash never leaves a broken file."""
+def save_model(model, path, copy_of=None):
+    """model.save through a temporary name + rename, so a crash never leaves a broken file. With
+    copy_of, the path of a file just saved from the same model, copy that file instead (3 ms
+    against 0.2-0.3 s for a quick demo model's save)."""
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f"{TMP_PREFIX}{os.getpid()}-{os.path.basename(path)}")
     try:
-        model.save(tmp)
+        shutil.copyfile(copy_of, tmp) if copy_of else model.save(tmp)
         os.replace(tmp, path)
     except OSError as e:
         if os.path.exists(tmp):
@@ -1353,10 +1355,11 @@ class RunCheckpoint(keras.callbacks.Callback):
             self.model.stop_training = True
             return
         value = logs.get(self.monitor)
+        last = os.path.join(self.out, "last.keras")
+        save_model(self.model, last)
         if value is not None and (self.state["best"] is None or value > self.state["best"]):
             self.state.update(best=float(value), best_epoch=epoch + 1)
-            save_model(self.model, os.path.join(self.out, "model.keras"))
-        save_model(self.model, os.path.join(self.out, "last.keras"))
+            save_model(self.model, os.path.join(self.out, "model.keras"), copy_of=last)
         self.state["epoch"] = epoch + 1
         write_json(os.path.join(self.out, "state.json"), self.state)
 
