@@ -646,8 +646,8 @@ def without_autotune(ds):
     Keras deletes its training and validation iterators at the end of every epoch, and with
     autotuning on, the deletion often waited for the autotuning thread's next wake-up (it sleeps 10
     ms, 20 ms, 40 ms, ..., doubling up to a minute, between tunings): epochs of 2.7 s ended 5.11 s
-    after their iterator's creation, U-Net epochs of 5.2 s at 10.23 s, in up to a third of the
-    epochs, with the cores idle meanwhile (bench/README.md, eighth round). Without autotuning,
+    after their iterator's creation, U-Net epochs of 5.2 s at 10.23 s, in up to almost half of
+    the epochs, with the cores idle meanwhile (bench/README.md, eighth round). Without autotuning,
     `num_parallel_calls=AUTOTUNE` runs min(16, cores) calls at once (tf.data's
     AutotuneOptions.initial_parallelism) and prefetching stays on: the segmentation pipeline kept
     both cores of a 2-core machine busy as before (7.9 CPU-s in 4.2 s, against 8.3 in 4.5 s)."""
@@ -1321,7 +1321,7 @@ def read_json(path):
 def save_model(model, path, copy_of=None):
     """model.save through a temporary name + rename, so a crash never leaves a broken file. With
     copy_of, the path of a file just saved from the same model, copy that file instead (3 ms
-    against 0.2-0.3 s for a quick demo model's save)."""
+    against 0.18-0.44 s for a quick demo model's save)."""
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f"{TMP_PREFIX}{os.getpid()}-{os.path.basename(path)}")
     try:
         shutil.copyfile(copy_of, tmp) if copy_of else model.save(tmp)

@@ -29,7 +29,7 @@ QUICK = {  # scratch models sized to finish the demo in minutes on a laptop CPU 
     # final map at 64 px), no dropout, no positive weights, lr 1e-3: val Dice 0.891 after 40 epochs
     # on the demo's 472 training images (0.841 after 60 on 237, overfitted; issue 16 item 4); a 2-epoch
     # learning-rate warm-up lifts the low seed: 0.895 / 0.870 / 0.896 at seeds 0-2 (0.891 / 0.849 / 0.897 without);
-    # seed 3 0.8496; 4 pooling stages (a 4 x 4 final map): 0.879 / 0.870 at seeds 0-1 in about 12% less time
+    # seed 3 0.8496; 4 pooling stages (a 4 x 4 final map): 0.879 / 0.870 at seeds 0-1 in 8-10% less time
     "cls": dict(arch="scratch", img_size=64, epochs=40, width=16, batch_size=16, lr=1e-3, lr_warmup=2, pools=3,
                 dropout=0.0, jitter=False, pos_weight=False),
     # segmenter: it underfits rather than overfits, so steps matter more than width or pixels: width
