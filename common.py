@@ -1324,7 +1324,10 @@ def save_model(model, path, copy_of=None):
     against 0.18-0.44 s for a quick demo model's save)."""
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f"{TMP_PREFIX}{os.getpid()}-{os.path.basename(path)}")
     try:
-        shutil.copyfile(copy_of, tmp) if copy_of else model.save(tmp)
+        if copy_of:
+            shutil.copyfile(copy_of, tmp)
+        else:
+            model.save(tmp)
         os.replace(tmp, path)
     except OSError as e:
         if os.path.exists(tmp):
