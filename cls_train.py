@@ -315,7 +315,8 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
           batch_size=None, lr=None, finetune_lr_factor=0.1, lr_warmup=0, weights="imagenet", backbone="mobilenetv2",
           loss="bce", pos_weight=True, val_fraction=0.2, patience=10, time_limit=None, width=32, pools=5,
           dropout=0.4, jitter=True, seed=0,
-          resume=False, overwrite=False, strategy="auto", mixed_precision="auto", jit="auto", verbose=None):
+          resume=False, checkpoint_every=60.0, overwrite=False, strategy="auto", mixed_precision="auto", jit="auto",
+          verbose=None):
     """Train a 20-class multi-label classifier and write its run folder `out`.
 
     data: dataset folder (competition or VOC devkit layout), 'demo' (the built-in synthetic set,
@@ -353,7 +354,11 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
     jitter: random colour jitter of the training images (default True; off for data whose classes
         differ by colour, like the demo's).
     seed: seeds the split, the initialisation and the augmentation (default 0).
-    resume: continue the interrupted run in `out` from its last finished epoch.
+    resume: continue the interrupted run in `out` from its last checkpoint.
+    checkpoint_every: seconds between writes of the run's checkpoint (last.keras, for resume; model.keras
+        and state.json): after the first epoch, after an epoch that ends at least this long after
+        the last write, and when each stage ends; the best epoch's weights wait in memory in
+        between (default 60; 0: after every epoch; common.RunCheckpoint).
     overwrite: replace an existing `out` (put back if the new run fails before its first epoch).
     strategy, mixed_precision, jit: see common.add_device_args (default 'auto' each).
     verbose: Keras fit verbosity (0 silent, 1 progress bar, 2 one line per epoch; default None:
@@ -364,10 +369,10 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
     'dice', 'val_loss', 'val_dice', ...) to its per-epoch values for the epochs this call ran.
     Also writes thresholds.json, metrics.json, log.csv, curves.png, gallery.png, config.json.
     Raises common.UserError for an unknown arch, loss, backbone or device option, an lr_warmup that
-    is not a whole number >= 0, weights that cannot be loaded, data that is missing, unreadable or
-    has fewer than 2 labelled images, an existing `out` without resume or overwrite, resume without
-    an interrupted run, or training that ends with no epoch of finite loss; a run that fails before
-    its first epoch leaves no folder.
+    is not a whole number >= 0, a negative checkpoint_every, weights that cannot be loaded, data
+    that is missing, unreadable or has fewer than 2 labelled images, an existing `out` without
+    resume or overwrite, resume without an interrupted run, or training that ends with no epoch of
+    finite loss; a run that fails before its first epoch leaves no folder.
     """
     d = CLS_DEFAULTS["scratch" if arch == "scratch" else "mobilenetv2"]
     img_size, epochs = img_size or d["img_size"], epochs or d["epochs"]
@@ -378,6 +383,8 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
     if loss not in ("bce", "focal", "asl"):
         raise common.UserError(f"unknown --loss {loss!r}; choose bce, focal or asl")
     lr_warmup = common.warmup_epochs(lr_warmup)
+    if not checkpoint_every >= 0:
+        raise common.UserError(f"--checkpoint-every must be 0 or more seconds, not {checkpoint_every!r}")
     verbose = common.keras_verbosity(verbose)
     jit_compile = common.jit_flag(jit)
     strategy, devices = common.setup_devices(strategy, mixed_precision, batch_size, lr)
@@ -415,7 +422,8 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
         top_stage = None if arch == "scratch" else common.BACKBONES[backbone][1]
         stages = [(0, epochs, lr, None)] if arch == "scratch" else \
             [(0, frozen_epochs, lr, None), (frozen_epochs, epochs, lr * finetune_lr_factor, top_stage)]
-        checkpoint = common.RunCheckpoint(out, "val_dice", state)  # model.keras (best), last.keras, state.json
+        # model.keras (best), last.keras (for --resume), state.json
+        checkpoint = common.RunCheckpoint(out, "val_dice", state, checkpoint_every)
         timer = common.TimeLimit(time_limit)
         history = {}
         for stage, (start, end, stage_lr, train_from) in enumerate(stages, 1):
@@ -520,6 +528,10 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     common.add_device_args(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+                   help="write the checkpoint (last.keras for --resume, model.keras, state.json) after the "
+                        "first epoch, then at most this often and when training ends (default %(default)g; "
+                        "0: every epoch)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = vars(p.parse_args(argv))

@@ -192,7 +192,8 @@ def test_resume_after_sigkill(demo_dir, tmp_path):
     """Kill a real run mid-training, resume it: at most one epoch is lost and it finishes."""
     out = str(tmp_path / "run")
     cmd = [sys.executable, os.path.join(ROOT, "cls_train.py"), "--data", demo_dir, "--arch", "scratch",
-           "--out", out, "--img-size", "32", "--width", "8", "--batch-size", "4", "--epochs", "8"]
+           "--out", out, "--img-size", "32", "--width", "8", "--batch-size", "4", "--epochs", "8",
+           "--checkpoint-every", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = os.path.join(out, "state.json")
     deadline = time.time() + 240
@@ -209,9 +210,64 @@ def test_resume_after_sigkill(demo_dir, tmp_path):
     assert f"resuming after epoch {killed_at}" in result.stdout
     log = common.read_log(os.path.join(out, "log.csv"))
     epochs = log["epoch"].astype(int).tolist()
-    assert epochs[-1] == 7 and sorted(set(epochs)) == list(range(8))  # every epoch logged
-    assert len(epochs) <= 9  # at most one epoch run twice
+    assert epochs == list(range(8))  # every epoch logged once: rows past the checkpoint were cut
     check_run_folder(out)
+
+
+def checkpoint_epochs(monkeypatch, tmp_path, val_dice, every, nan_at=None):
+    """Drive RunCheckpoint through epochs of 10 s (a clock that only they advance) on a one-weight
+    model whose weight is the epoch's number; returns (checkpoint, model, the files saved in
+    order). nan_at: the epoch whose loss is NaN (training stops there)."""
+    clock = {"now": time.time()}  # (zip files need a real date)
+    monkeypatch.setattr(common.time, "time", lambda: clock["now"])
+    saved, save = [], common.save_model
+    monkeypatch.setattr(common, "save_model", lambda model, path, copy_of=None: (
+        saved.append(os.path.basename(path) + (" (copy)" if copy_of else "")), save(model, path, copy_of)))
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+    checkpoint = common.RunCheckpoint(str(tmp_path), "val_dice", {}, every)
+    checkpoint.set_model(model)
+    model.stop_training = False
+    for epoch, value in enumerate(val_dice):
+        model.set_weights([np.full((1, 1), epoch + 1.0, np.float32)])
+        clock["now"] += 10
+        checkpoint.on_epoch_end(epoch, {"loss": np.nan if epoch + 1 == nan_at else 1.0, "val_dice": value})
+        if model.stop_training:
+            break
+    checkpoint.on_train_end()
+    return checkpoint, model, saved
+
+
+def weight_in(path):
+    return float(keras.models.load_model(path).get_weights()[0][0, 0])
+
+
+def test_checkpoint_writes_once_a_minute_and_keeps_the_best_epoch(monkeypatch, tmp_path):
+    """10 epochs of 10 s, writes at most every 60 s: after epoch 1, epoch 7 (60 s later) and at the
+    end. The best epoch (2) was never written as last.keras, yet model.keras holds its weights, the
+    model keeps its own, and state.json describes the files."""
+    checkpoint, model, saved = checkpoint_epochs(
+        monkeypatch, tmp_path, [0.1, 0.5, 0.3, 0.4, 0.2, 0.45, 0.3, 0.35, 0.2, 0.1], every=60)
+    assert saved == ["last.keras", "model.keras (copy)", "last.keras", "model.keras", "last.keras"]
+    assert weight_in(tmp_path / "model.keras") == 2.0 and weight_in(tmp_path / "last.keras") == 10.0
+    assert model.get_weights()[0][0, 0] == 10.0
+    state = json.load(open(tmp_path / "state.json"))
+    assert (state["epoch"], state["best"], state["best_epoch"]) == (10, 0.5, 2)
+    # every=0: written after every epoch, the best copied from last.keras when it improves
+    (tmp_path / "every").mkdir()
+    _, _, saved = checkpoint_epochs(monkeypatch, tmp_path / "every", [0.1, 0.5, 0.3], every=0)
+    assert saved == ["last.keras", "model.keras (copy)", "last.keras", "model.keras (copy)", "last.keras"]
+
+
+def test_checkpoint_after_a_nan_keeps_the_last_finite_files(monkeypatch, tmp_path):
+    """NaN in epoch 4: last.keras stays at the last write (epoch 1), model.keras gets the best
+    epoch (2, held in memory) and end_training reports 3 finished epochs."""
+    checkpoint, _, saved = checkpoint_epochs(monkeypatch, tmp_path, [0.1, 0.5, 0.3, 0.9, 0.2], every=60, nan_at=4)
+    assert saved == ["last.keras", "model.keras (copy)", "model.keras"]
+    assert weight_in(tmp_path / "model.keras") == 2.0 and weight_in(tmp_path / "last.keras") == 1.0
+    state = json.load(open(tmp_path / "state.json"))
+    assert (state["epoch"], state["best_epoch"]) == (1, 2)
+    ended = common.end_training(str(tmp_path), checkpoint, common.TimeLimit(None))
+    assert (ended["epoch"], ended["best_epoch"], ended["nan_epoch"]) == (3, 2, 4)
 
 
 def test_resume_deletes_a_write_the_kill_cut_short(tmp_path):

@@ -19,7 +19,8 @@ def run_epochs(monkeypatch, minutes, stages, final, seconds_per_epoch, warmup=0)
     ran = []
     for start, end, lr in stages:
         model.stop_training = False
-        schedule = common.stage_callbacks("unused", None, timer, lr, start, end, final, warmup=warmup)[1].schedule
+        callbacks = common.stage_callbacks("unused", None, timer, lr, start, end, final, warmup=warmup)
+        schedule = next(c for c in callbacks if isinstance(c, keras.callbacks.LearningRateScheduler)).schedule
         for epoch in range(start, end):
             ran.append((epoch, schedule(epoch, None)))
             timer.on_epoch_begin(epoch)
