@@ -2,7 +2,7 @@
 attack generator against the classifier, predict the test split, write submission.csv, score it
 when labels exist, and write summary.md linking every figure.
 
-    python run_all.py --data demo                  # about 11 minutes on a 2-core CPU
+    python run_all.py --data demo                  # about 10 minutes on a 2-core CPU
     python run_all.py --data DIR --transfer --out runs/full   # MobileNetV2 models, full sizes
 
 Sizes and epochs default to a quick run (scratch models at small sizes); --transfer switches to
@@ -12,8 +12,10 @@ or offline from $KERAS_HOME/models).
 
 import argparse
 import base64
+import concurrent.futures
 import io
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -53,7 +55,7 @@ TRANSFER = {
 }
 
 
-def run(data="demo", out="runs/all", transfer=False, overwrite=False, verbose=2, plan=None):
+def run(data="demo", out="runs/all", transfer=False, overwrite=False, verbose=2, plan=None, side_by_side=None):
     """Run every stage into `out`: data check, classifier, segmenter, attack generator against the
     classifier, prediction of the test split (scored when it has labels) and of the validation
     split (always scored), then summary.md. Each stage writes a subfolder: data_check, cls, seg,
@@ -62,20 +64,29 @@ def run(data="demo", out="runs/all", transfer=False, overwrite=False, verbose=2,
     data: dataset folder, 'demo' (default; the built-in synthetic set) or None (the competition
         data under /kaggle/input).
     transfer: use TRANSFER (MobileNetV2 models at their default sizes and epochs) instead of
-        QUICK (small scratch models; about 11 minutes on the demo with a 2-core CPU). Default False.
+        QUICK (small scratch models; about 10 minutes on the demo with a 2-core CPU). Default False.
     overwrite: replace an existing `out` (put back if the run fails before cls/metrics.json exists).
     verbose: Keras verbosity of the training stages (0 silent, 1 progress bar, 2 one line per
-        epoch; default 2).
+        epoch; default 2; 1 becomes 2 side by side, where two progress bars would mix).
     plan: replaces QUICK / TRANSFER (then `transfer` is ignored): a dict whose 'cls', 'seg' and
         'attack' entries are keyword arguments of cls_train.train, seg_train.train and attack.run.
+    side_by_side: train the classifier and the segmenter at once in two worker processes, then the
+        attack beside the rest of the segmenter (`train_side_by_side`; the same results as one
+        after the other). Default None: side by side when `side_by_side_possible()` (no GPU, the
+        scripts are files) and not with TRANSFER, whose large models were not measured that way;
+        False: one stage after the other in this process.
 
     Returns the summary dict: 'cls', 'seg', 'attack' (each stage's metrics.json), 'test' (the
     test split's scores dict, None when it has no images or no solution.csv), 'val' (the
-    validation split's scores dict) and 'times' (seconds per stage and 'total').
+    validation split's scores dict), 'times' (seconds per stage and 'total'; side by side, the
+    training stages' seconds overlap) and 'side_by_side' (bool).
     Raises common.UserError for an existing `out` without overwrite, or whatever a stage raises
-    (bad data, a bad plan entry, ...), naming the problem in one line.
+    (bad data, a bad plan entry, ...), naming the problem in one line (side by side, once the
+    other training stage has stopped too).
     """
     with common.run_folder(out, overwrite=overwrite, progress=os.path.join("cls", "metrics.json")):
+        if side_by_side is None:
+            side_by_side = side_by_side_possible() and not (plan is None and transfer)
         plan = plan or (TRANSFER if transfer else QUICK)
         t0 = time.time()
         times = {}
@@ -90,9 +101,17 @@ def run(data="demo", out="runs/all", transfer=False, overwrite=False, verbose=2,
         stage("data check", common.dataset_summary, data, os.path.join(out, "data_check"))
         root, _ = common.resolve_data(data)
         path = lambda name: os.path.join(out, name)  # noqa: E731
-        stage("classifier", cls_train.train, data=root, out=path("cls"), verbose=verbose, **plan["cls"])
-        stage("segmenter", seg_train.train, data=root, out=path("seg"), verbose=verbose, **plan["seg"])
-        stage("attack", attack.run, target=path("cls"), out=path("attack"), verbose=verbose, **plan["attack"])
+        verbose = 2 if side_by_side and verbose == 1 else verbose
+        trainings = {
+            "classifier": (cls_train.train, dict(data=root, out=path("cls"), verbose=verbose, **plan["cls"])),
+            "segmenter": (seg_train.train, dict(data=root, out=path("seg"), verbose=verbose, **plan["seg"])),
+            "attack": (attack.run, dict(target=path("cls"), out=path("attack"), verbose=verbose, **plan["attack"])),
+        }
+        if side_by_side:
+            times.update(train_side_by_side(trainings))
+        else:
+            for name, (fn, kwargs) in trainings.items():
+                stage(name, fn, **kwargs)
         test = common.load_split(root, "test")
         has_truth = os.path.isfile(os.path.join(root, "solution.csv"))
         scores, submission = stage("predict test", predict.run, root, path("cls"), path("seg"), path("predict"),
@@ -100,10 +119,76 @@ def run(data="demo", out="runs/all", transfer=False, overwrite=False, verbose=2,
         val_scores, _ = stage("predict validation", predict.run, root, path("cls"), path("seg"), path("predict_val"),
                               split="val", score=True)
         times["total"] = time.time() - t0
-        summary = write_summary(out, root, scores, val_scores, submission, times)
+        summary = write_summary(out, root, scores, val_scores, submission, times, side_by_side)
         write_report(out)
         print(f"\nall done in {times['total'] / 60:.1f} min: {os.path.join(out, 'summary.md')}", flush=True)
         return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# Training stages side by side: two worker processes
+
+def side_by_side_possible():
+    """Whether the training stages can run side by side (train_side_by_side): on a machine without
+    a GPU (two processes would share its memory) when cls_train, seg_train and attack are files
+    that a new process can import (not scripts pasted into notebook cells)."""
+    files = all(getattr(module, "__file__", None) for module in (cls_train, seg_train, attack))
+    return files and not common.tf.config.list_physical_devices("GPU")
+
+
+class LinePrefix(io.TextIOBase):
+    """A stream for sys.stdout that writes each finished line to `stream` with `prefix` in front,
+    flushed at once: two stages printing at the same time stay readable line by line."""
+
+    def __init__(self, stream, prefix):
+        super().__init__()
+        self.stream, self.prefix, self.partial = stream, prefix, ""
+
+    def write(self, text):
+        *lines, self.partial = (self.partial + text).split("\n")
+        for line in lines:
+            self.stream.write(f"{self.prefix}{line}\n")
+        self.stream.flush()
+        return len(text)
+
+    def flush(self):
+        self.stream.flush()
+
+
+def stage_in_process(name, fn, kwargs):
+    """One training stage in a worker process of train_side_by_side: fn(**kwargs) with its printed
+    lines prefixed '[name] '. Returns its wall seconds (the stage's results are in its run folder)."""
+    stdout, sys.stdout = sys.stdout, LinePrefix(sys.stdout, f"[{name}] ")
+    try:
+        print(f"=== {name} ===", flush=True)
+        t = time.time()
+        fn(**kwargs)
+        return time.time() - t
+    finally:
+        sys.stdout = stdout
+
+
+def train_side_by_side(trainings):
+    """Run `trainings` ({name: (function, kwargs)} for 'classifier', 'segmenter', 'attack') in two
+    worker processes: the classifier and the segmenter at once, then the attack, which needs the
+    classifier, in the classifier's process beside the rest of the segmenter. Returns {name: wall
+    seconds}. Each stage seeds itself and TensorFlow keeps its thread counts, so the results are
+    those of the stages one after the other; the small quick models leave about half of a 2-core
+    CPU idle, which the other process fills (bench/README.md, "Ninth round"). A stage's error is
+    raised once the other running stage has stopped."""
+    print("\n=== classifier and segmenter side by side in two processes, then the attack beside the segmenter "
+          "(lines prefixed [stage]) ===", flush=True)
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter each: never fork TensorFlow's threads
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as pool:
+        start = lambda name: pool.submit(stage_in_process, name, *trainings[name])  # noqa: E731
+        cls, seg = start("classifier"), start("segmenter")
+        done, _ = concurrent.futures.wait([cls, seg], return_when=concurrent.futures.FIRST_COMPLETED)
+        for job in done:
+            job.result()  # a stage that failed first stops the run here
+        times = {"classifier": cls.result()}
+        att = start("attack")
+        times.update(segmenter=seg.result(), attack=att.result())
+    return times
 
 
 def num(x, spec=".3f"):
@@ -120,14 +205,17 @@ def oof_text(cls):
     return f"{num(cls['val_dice_out_of_fold'])} [{num(lo)}, {num(hi)}]"
 
 
-def write_summary(out, root, scores, val_scores, submission, times):
-    """summary.md: the numbers of every stage and links to every figure."""
+def write_summary(out, root, scores, val_scores, submission, times, side_by_side=False):
+    """summary.md: the numbers of every stage and links to every figure (side_by_side: the training
+    stages ran in two processes at once, so their seconds overlap)."""
     cls = common.read_json(os.path.join(out, "cls", "metrics.json"))
     seg = common.read_json(os.path.join(out, "seg", "metrics.json"))
     att = common.read_json(os.path.join(out, "attack", "metrics.json"))
     lines = [f"# Run summary: {root}", "",
              f"Total time {times['total'] / 60:.1f} min (" + ", ".join(
-                 f"{k} {v:.0f} s" for k, v in times.items() if k != "total") + ").", "",
+                 f"{k} {v:.0f} s" for k, v in times.items() if k != "total") + ")"
+             + ("; the classifier and the segmenter side by side, then the attack beside the segmenter." if side_by_side
+                else "."), "",
              "## Numbers", "", "| what | value |", "|---|---|",
              f"| classifier val mAP | {num(cls['val_map'])} |",
              f"| classifier val Dice (expected-Dice rule, predict.py's labels) | "
@@ -160,8 +248,10 @@ def write_summary(out, root, scores, val_scores, submission, times):
             lines += [f"### {title}", "", f"![{title}]({rel})", ""]
     common.atomic_write(os.path.join(out, "summary.md"), lambda f: f.write("\n".join(lines) + "\n"))
     # the scores stay in predict*/scores.json; this keeps what no other file of the run holds
-    common.write_json(os.path.join(out, "summary.json"), {"root": root, "times": times, "machine": common.machine()})
-    return {"cls": cls, "seg": seg, "attack": att, "test": scores, "val": val_scores, "times": times}
+    common.write_json(os.path.join(out, "summary.json"), {"root": root, "times": times, "side_by_side": side_by_side,
+                                                          "machine": common.machine()})
+    return {"cls": cls, "seg": seg, "attack": att, "test": scores, "val": val_scores, "times": times,
+            "side_by_side": side_by_side}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -430,6 +520,9 @@ def main(argv=None):
     p.add_argument("--transfer", action="store_true",
                    help="MobileNetV2 models at full size instead of quick scratch models")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--no-side-by-side", dest="side_by_side", action="store_false", default=None,
+                   help="train one stage after the other in this process (default: the classifier and the "
+                        "segmenter side by side in two processes on a machine without a GPU, except --transfer)")
     p.add_argument("--report-only", action="store_true",
                    help="only write report.ipynb again from the finished run folder --out")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -437,7 +530,7 @@ def main(argv=None):
     if args.report_only:
         print(f"wrote {write_report(args.out)}")
     else:
-        run(args.data, args.out, args.transfer, args.overwrite)
+        run(args.data, args.out, args.transfer, args.overwrite, side_by_side=args.side_by_side)
 
 
 if __name__ == "__main__":

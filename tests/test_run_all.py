@@ -10,17 +10,28 @@ import pytest
 import common
 import run_all
 
-TINY = {
+TINY = {  # the classifier and segmenter as conftest.tiny_runs trains them
     "cls": dict(arch="scratch", img_size=32, epochs=1, width=8, batch_size=8),
-    "seg": dict(arch="unet", img_size=32, epochs=1, width=8, batch_size=8),
+    "seg": dict(arch="unet", img_size=64, epochs=1, width=8, batch_size=4),
     "attack": dict(goal="cls_targeted", eps=8.0, epochs=1, width=8, batch_size=8),
 }
 
 
 @pytest.mark.slow
-def test_whole_job_writes_a_valid_scored_submission_and_summary(demo_dir, tmp_path):
+def test_whole_job_writes_a_valid_scored_submission_and_summary(demo_dir, tiny_runs, tmp_path, capfd):
     out = str(tmp_path / "all")
     summary = run_all.run(demo_dir, out, plan=TINY, verbose=0)
+    # on this GPU-less machine the training stages ran side by side in two processes, their lines
+    # prefixed, with exactly the results of the same stages trained one after the other in this
+    # process (conftest.tiny_runs)
+    assert summary["side_by_side"] and run_all.side_by_side_possible()
+    printed = capfd.readouterr().out  # the worker processes write to file descriptor 1
+    assert "[classifier] === classifier ===" in printed and "[segmenter] val mIoU" in printed
+    for name, reference in zip(("cls", "seg"), tiny_runs):
+        assert common.read_json(os.path.join(out, name, "metrics.json")) == \
+            common.read_json(os.path.join(reference, "metrics.json")), name
+    assert common.read_json(os.path.join(out, "cls", "thresholds.json")) == \
+        common.read_json(os.path.join(tiny_runs[0], "thresholds.json"))
     submission = os.path.join(out, "predict", "submission.csv")
     test = common.load_split(demo_dir, "test")
     rows = common.read_submission(submission)
