@@ -1344,7 +1344,7 @@ class RunCheckpoint(keras.callbacks.Callback):
     last.keras holds, the best score and its epoch). Written after the first epoch, then after an
     epoch that ends at least `every` seconds after the last write, and when a stage's fit ends
     (finished, early-stopped or at the time limit); in between, the best epoch's weights wait in
-    memory. A save of a quick demo model takes 0.2-0.5 s, up to a tenth of its 5-s epoch
+    memory. A save of a quick demo model takes 0.18-0.44 s, up to a tenth of its 5-s epoch
     (bench/README.md, "Ninth round"); every=0 writes after every epoch. An interrupted run (a
     kill) resumes from the last write and loses at most `every` seconds and an epoch. Files are
     replaced atomically. Stops training, keeping the best model, if the loss is NaN.
@@ -1520,9 +1520,10 @@ def build_optimizer(model, variables=None):
 
 
 def stage_callbacks(out, checkpoint, timer, lr, start, end, final, patience=10, monitor="val_dice", warmup=0):
-    """The callbacks of one training stage (epochs start+1..end of final): the run's checkpoint, a
-    cosine learning-rate schedule sized by the time limit with `warmup` epochs of warm-up
-    (`planned_cosine`), the CSV log (appended across stages and resumes), early stopping on
+    """The callbacks of one training stage (epochs start+1..end of final), in this order: a cosine
+    learning-rate schedule sized by the time limit with `warmup` epochs of warm-up
+    (`planned_cosine`), the CSV log (appended across stages and resumes), the run's checkpoint
+    (after the log, so state.json never counts an epoch whose row is missing), early stopping on
     `monitor` after `patience` epochs without improvement, and the time limit."""
     return [planned_cosine(timer, lr, start, end, final, warmup),
             keras.callbacks.CSVLogger(os.path.join(out, "log.csv"), append=True), checkpoint,
@@ -1530,8 +1531,9 @@ def stage_callbacks(out, checkpoint, timer, lr, start, end, final, patience=10, 
 
 
 def end_training(out, checkpoint, timer):
-    """The run's progress after its last stage (state.json's fields, plus nan_epoch and
-    time_limited), saying why training stopped early; UserError when no epoch gave a model."""
+    """The run's progress after its last stage (state.json's fields, with `epoch` the last finished
+    epoch with a finite loss, plus nan_epoch, time_limited and epochs_planned), saying why training
+    stopped early; UserError when no epoch gave a model."""
     state = dict(checkpoint.state, epoch=checkpoint.epoch, nan_epoch=checkpoint.nan_epoch, time_limited=timer.hit,
                  epochs_planned=timer.planned)
     if checkpoint.nan_epoch:

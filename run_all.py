@@ -74,19 +74,23 @@ def run(data="demo", out="runs/all", transfer=False, overwrite=False, verbose=2,
         attack beside the rest of the segmenter (`train_side_by_side`; the same results as one
         after the other). Default None: side by side when `side_by_side_possible()` (no GPU, the
         scripts are files) and not with TRANSFER, whose large models were not measured that way;
-        False: one stage after the other in this process.
+        True: side by side, a UserError where that is not possible; False: one stage after the
+        other in this process.
 
     Returns the summary dict: 'cls', 'seg', 'attack' (each stage's metrics.json), 'test' (the
     test split's scores dict, None when it has no images or no solution.csv), 'val' (the
     validation split's scores dict), 'times' (seconds per stage and 'total'; side by side, the
     training stages' seconds overlap) and 'side_by_side' (bool).
     Raises common.UserError for an existing `out` without overwrite, or whatever a stage raises
-    (bad data, a bad plan entry, ...), naming the problem in one line (side by side, once the
-    other training stage has stopped too).
+    (bad data, a bad plan entry, ...), naming the problem in one line (side by side: the first
+    stage to fail, the other one stopped at once).
     """
     with common.run_folder(out, overwrite=overwrite, progress=os.path.join("cls", "metrics.json")):
         if side_by_side is None:
             side_by_side = side_by_side_possible() and not (plan is None and transfer)
+        elif side_by_side and not side_by_side_possible():
+            raise common.UserError("side_by_side needs a machine without a GPU and the scripts as files, "
+                                   "not pasted into notebook cells")
         plan = plan or (TRANSFER if transfer else QUICK)
         t0 = time.time()
         times = {}
@@ -130,10 +134,10 @@ def run(data="demo", out="runs/all", transfer=False, overwrite=False, verbose=2,
 
 def side_by_side_possible():
     """Whether the training stages can run side by side (train_side_by_side): on a machine without
-    a GPU (two processes would share its memory) when cls_train, seg_train and attack are files
-    that a new process can import (not scripts pasted into notebook cells)."""
+    a GPU (two processes would share its memory) when this script, cls_train, seg_train and attack
+    are files that a new process can import (not scripts pasted into notebook cells)."""
     files = all(getattr(module, "__file__", None) for module in (cls_train, seg_train, attack))
-    return files and not common.tf.config.list_physical_devices("GPU")
+    return files and not common.in_notebook(globals()) and not common.tf.config.list_physical_devices("GPU")
 
 
 class LinePrefix(io.TextIOBase):
@@ -165,6 +169,7 @@ def stage_in_process(name, fn, kwargs):
         fn(**kwargs)
         return time.time() - t
     finally:
+        sys.stdout.write("\n" if sys.stdout.partial else "")  # a last line without its newline
         sys.stdout = stdout
 
 
@@ -174,20 +179,38 @@ def train_side_by_side(trainings):
     classifier, in the classifier's process beside the rest of the segmenter. Returns {name: wall
     seconds}. Each stage seeds itself and TensorFlow keeps its thread counts, so the results are
     those of the stages one after the other; the small quick models leave about half of a 2-core
-    CPU idle, which the other process fills (bench/README.md, "Ninth round"). A stage's error is
-    raised once the other running stage has stopped."""
+    CPU idle, which the other process fills (bench/README.md, "Ninth round"). The first stage to
+    fail stops the other one at once (its worker is terminated) and its error is raised; a worker
+    that dies (killed, out of memory) raises a UserError naming its stage."""
     print("\n=== classifier and segmenter side by side in two processes, then the attack beside the segmenter "
           "(lines prefixed [stage]) ===", flush=True)
     context = multiprocessing.get_context("spawn")  # a fresh interpreter each: never fork TensorFlow's threads
-    with concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as pool:
-        start = lambda name: pool.submit(stage_in_process, name, *trainings[name])  # noqa: E731
-        cls, seg = start("classifier"), start("segmenter")
-        done, _ = concurrent.futures.wait([cls, seg], return_when=concurrent.futures.FIRST_COMPLETED)
-        for job in done:
-            job.result()  # a stage that failed first stops the run here
-        times = {"classifier": cls.result()}
-        att = start("attack")
-        times.update(segmenter=seg.result(), attack=att.result())
+    children_before = set(multiprocessing.active_children())
+    pool = concurrent.futures.ProcessPoolExecutor(2, mp_context=context)
+    jobs = {}
+
+    def result(name):
+        try:
+            return jobs[name].result()
+        except concurrent.futures.process.BrokenProcessPool:
+            raise common.UserError(f"the {name} stage's worker process died (killed, or out of memory?); "
+                                   "--no-side-by-side runs the stages one after the other in this process") from None
+
+    try:
+        for name in ("classifier", "segmenter"):
+            jobs[name] = pool.submit(stage_in_process, name, *trainings[name])
+        concurrent.futures.wait(list(jobs.values()), return_when=concurrent.futures.FIRST_COMPLETED)
+        for name in [name for name, job in jobs.items() if job.done()]:
+            result(name)  # a stage that failed first stops the run here
+        times = {"classifier": result("classifier")}
+        jobs["attack"] = pool.submit(stage_in_process, "attack", *trainings["attack"])
+        times.update(segmenter=result("segmenter"), attack=result("attack"))
+    except BaseException:
+        for worker in set(multiprocessing.active_children()) - children_before:
+            worker.terminate()  # the other stage stops now, not when it would have finished
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return times
 
 

@@ -358,7 +358,7 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, epochs=None, 
     if loss not in ("ce", "dice", "ce+dice"):
         raise common.UserError(f"unknown --loss {loss!r}; choose ce, dice or ce+dice")
     lr_warmup = common.warmup_epochs(lr_warmup)
-    if not checkpoint_every >= 0:
+    if not isinstance(checkpoint_every, (int, float)) or not checkpoint_every >= 0:
         raise common.UserError(f"--checkpoint-every must be 0 or more seconds, not {checkpoint_every!r}")
     d = SEG_DEFAULTS[arch]
     img_size, epochs = img_size or d["img_size"], epochs or d["epochs"]
@@ -493,8 +493,8 @@ def main(argv=None):
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
                    help="write the checkpoint (last.keras for --resume, model.keras, state.json) after the "
-                        "first epoch, then at most this often and when training ends (default %(default)g; "
-                        "0: every epoch)")
+                        "first epoch, then after an epoch that ends at least this long after the last write, "
+                        "and when each stage ends (default %(default)g; 0: every epoch)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = vars(p.parse_args(argv))

@@ -282,6 +282,36 @@ def test_resume_deletes_a_write_the_kill_cut_short(tmp_path):
     assert sorted(os.listdir(out)) == ["model.keras", "state.json"]
 
 
+def test_checkpoint_in_real_fits_of_two_stages(tmp_path):
+    """Two stages, two fits sharing one RunCheckpoint with the callbacks of stage_callbacks and
+    writes at most once an hour: each stage's end writes (state.json at its last epoch), log.csv
+    has one row per epoch, and the best epoch is the first with the highest validation score."""
+    x = np.random.default_rng(0).random((32, 4)).astype("float32")
+    y = (x.sum(1, keepdims=True) > 2).astype("float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    checkpoint, timer = common.RunCheckpoint(str(tmp_path), "val_dice", {}, every=3600), common.TimeLimit(None)
+    for start, end in ((0, 2), (2, 5)):
+        model.compile(optimizer="adam", loss="binary_crossentropy", metrics=[keras.metrics.BinaryAccuracy(name="dice")])
+        model.fit(x, y, validation_data=(x, y), initial_epoch=start, epochs=end, batch_size=8, verbose=0,
+                  callbacks=common.stage_callbacks(str(tmp_path), checkpoint, timer, 1e-2, start, end, 5))
+        state = json.load(open(tmp_path / "state.json"))
+        assert state["epoch"] == end
+    log = common.read_log(str(tmp_path / "log.csv"))
+    assert log["epoch"].astype(int).tolist() == [0, 1, 2, 3, 4]
+    assert state["best_epoch"] == 1 + int(np.argmax(log["val_dice"]))
+    assert os.path.isfile(tmp_path / "model.keras") and os.path.isfile(tmp_path / "last.keras")
+
+
+def test_resume_cuts_the_log_back_to_the_checkpoint(tmp_path):
+    """A kill between writes leaves log rows of epochs after the last checkpoint: resume_model drops
+    them (they run again) and loads last.keras."""
+    keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]).save(tmp_path / "last.keras")
+    (tmp_path / "log.csv").write_text("epoch,loss\n" + "".join(f"{e},{1 / (e + 1)}\n" for e in range(6)))
+    model = common.resume_model(str(tmp_path), {"epoch": 3, "best": 0.5})
+    assert isinstance(model, keras.Model)
+    assert (tmp_path / "log.csv").read_text() == "epoch,loss\n0,1.0\n1,0.5\n2,0.3333333333333333\n"
+
+
 def test_label_dice_metric_matches_numpy():
     rng = np.random.default_rng(4)
     y = (rng.random((16, 20)) < 0.15).astype(np.float32)

@@ -98,7 +98,8 @@ CALLS = {
                ' max_train=16, max_eval=8, pgd_steps=2)}\n'
                'summary = run(data, "all", plan=plan, verbose=0)\n'
                'import os, sys\n'
-               'assert not os.path.exists("common.py") and not hasattr(sys.modules["common"], "__file__")',
+               'assert not os.path.exists("common.py") and not hasattr(sys.modules["common"], "__file__")\n'
+               'assert not summary["side_by_side"]  # pasted code cannot be imported by a new process',
 }
 
 

@@ -4,6 +4,7 @@ report notebook it writes."""
 import base64
 import io
 import os
+import time
 
 import pytest
 
@@ -21,12 +22,13 @@ TINY = {  # the classifier and segmenter as conftest.tiny_runs trains them
 def test_whole_job_writes_a_valid_scored_submission_and_summary(demo_dir, tiny_runs, tmp_path, capfd):
     out = str(tmp_path / "all")
     summary = run_all.run(demo_dir, out, plan=TINY, verbose=0)
-    # on this GPU-less machine the training stages ran side by side in two processes, their lines
-    # prefixed, with exactly the results of the same stages trained one after the other in this
-    # process (conftest.tiny_runs)
-    assert summary["side_by_side"] and run_all.side_by_side_possible()
+    # without a GPU the training stages ran side by side in two processes, their lines prefixed,
+    # with exactly the results of the same stages trained one after the other in this process
+    # (conftest.tiny_runs)
+    assert summary["side_by_side"] == run_all.side_by_side_possible()
     printed = capfd.readouterr().out  # the worker processes write to file descriptor 1
-    assert "[classifier] === classifier ===" in printed and "[segmenter] val mIoU" in printed
+    if summary["side_by_side"]:
+        assert "[classifier] === classifier ===" in printed and "[segmenter] val mIoU" in printed
     for name, reference in zip(("cls", "seg"), tiny_runs):
         assert common.read_json(os.path.join(out, name, "metrics.json")) == \
             common.read_json(os.path.join(reference, "metrics.json")), name
@@ -51,6 +53,23 @@ def test_whole_job_writes_a_valid_scored_submission_and_summary(demo_dir, tiny_r
     assert f"joint {summary['test']['score']:.3f}" in text
     assert f"(expected-Dice rule, predict.py's labels) | {summary['cls']['val_dice_expected_dice']:.3f} " in text
     check_report(out, demo_dir, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_failing_stage_stops_the_other_side_by_side(demo_dir, tmp_path):
+    """The classifier fails at once (an unknown architecture) while the segmenter would train: the
+    run raises the classifier's one-line error without waiting for the segmenter, and leaves no
+    folder; asking for side by side where it is impossible is refused."""
+    if not run_all.side_by_side_possible():
+        with pytest.raises(common.UserError, match="side_by_side needs"):
+            run_all.run(demo_dir, str(tmp_path / "refused"), plan=TINY, side_by_side=True)
+        return
+    plan = dict(TINY, cls=dict(TINY["cls"], arch="nonsense"), seg=dict(TINY["seg"], epochs=300))  # 300+ s
+    start = time.time()
+    with pytest.raises(common.UserError, match="unknown --arch 'nonsense'"):
+        run_all.run(demo_dir, str(tmp_path / "failed"), plan=plan, verbose=0)
+    assert time.time() - start < 100  # the segmenter's worker was stopped, not waited for
+    assert not os.path.exists(tmp_path / "failed")
 
 
 def check_report(out, demo_dir, tmp_path):
