@@ -383,8 +383,7 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
     if loss not in ("bce", "focal", "asl"):
         raise common.UserError(f"unknown --loss {loss!r}; choose bce, focal or asl")
     lr_warmup = common.warmup_epochs(lr_warmup)
-    if not isinstance(checkpoint_every, (int, float)) or not checkpoint_every >= 0:
-        raise common.UserError(f"--checkpoint-every must be 0 or more seconds, not {checkpoint_every!r}")
+    checkpoint_every = common.checkpoint_interval(checkpoint_every)
     verbose = common.keras_verbosity(verbose)
     jit_compile = common.jit_flag(jit)
     strategy, devices = common.setup_devices(strategy, mixed_precision, batch_size, lr)

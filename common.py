@@ -1481,6 +1481,14 @@ def warmup_epochs(n):
     return n
 
 
+def checkpoint_interval(seconds):
+    """--checkpoint-every checked before a run starts: seconds (RunCheckpoint's `every`) if it is a
+    number >= 0; UserError otherwise."""
+    if not isinstance(seconds, (int, float)) or not seconds >= 0:
+        raise UserError(f"--checkpoint-every must be 0 or more seconds, not {seconds!r}")
+    return seconds
+
+
 def resume_model(out, state):
     """The model of an interrupted run as last written (RunCheckpoint), optimizer included; log.csv
     cut back to that epoch, since the epochs trained after it run again."""

@@ -358,8 +358,7 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, epochs=None, 
     if loss not in ("ce", "dice", "ce+dice"):
         raise common.UserError(f"unknown --loss {loss!r}; choose ce, dice or ce+dice")
     lr_warmup = common.warmup_epochs(lr_warmup)
-    if not isinstance(checkpoint_every, (int, float)) or not checkpoint_every >= 0:
-        raise common.UserError(f"--checkpoint-every must be 0 or more seconds, not {checkpoint_every!r}")
+    checkpoint_every = common.checkpoint_interval(checkpoint_every)
     d = SEG_DEFAULTS[arch]
     img_size, epochs = img_size or d["img_size"], epochs or d["epochs"]
     batch_size, lr = batch_size or d["batch_size"], lr or d["lr"]
