@@ -200,8 +200,9 @@ def train_side_by_side(trainings):
         for name in ("classifier", "segmenter"):
             jobs[name] = pool.submit(stage_in_process, name, *trainings[name])
         concurrent.futures.wait(list(jobs.values()), return_when=concurrent.futures.FIRST_COMPLETED)
-        for name in [name for name, job in jobs.items() if job.done()]:
-            result(name)  # a stage that failed first stops the run here
+        for name, job in jobs.items():
+            if job.done():
+                result(name)  # a stage that failed first stops the run here
         times = {"classifier": result("classifier")}
         jobs["attack"] = pool.submit(stage_in_process, "attack", *trainings["attack"])
         times.update(segmenter=result("segmenter"), attack=result("attack"))
