@@ -534,9 +534,10 @@ def fit_to_size(image, mask, size, fit="letterbox"):
     return _place(image, mask, size, offset, new_hw)
 
 
-def augment(image, mask, size, seed, scale=(0.75, 1.25), fit="letterbox", flip=True):
-    """Training geometry, the same for image and mask: random rescale around the fitted size,
-    random crop/pad to size x size, horizontal flip. (Colour jitter runs per batch: colour_jitter.)"""
+def augment(image, mask, size, seed, scale=(0.75, 1.25), fit="letterbox", flip=True, crop=None):
+    """Training geometry, the same for image and mask: random rescale around the fitted size
+    (longer side `size` pixels times a factor drawn from `scale`), random crop/pad to crop x crop
+    (crop=None: size), horizontal flip. (Colour jitter runs per batch: colour_jitter.)"""
     seeds = tf.random.experimental.stateless_split(seed, 3)
     hw = tf.cast(tf.shape(image)[:2], tf.float32)
     s = tf.random.stateless_uniform([], seeds[0], scale[0], scale[1])
@@ -545,12 +546,13 @@ def augment(image, mask, size, seed, scale=(0.75, 1.25), fit="letterbox", flip=T
     else:
         new_hw = tf.cast(tf.round(hw * (size / tf.reduce_max(hw)) * s), tf.int32)
     new_hw = tf.maximum(new_hw, 1)
-    slack = new_hw - size  # > 0: crop that much, < 0: pad that much
+    crop = crop or size
+    slack = new_hw - crop  # > 0: crop that much, < 0: pad that much
     u = tf.random.stateless_uniform([2], seeds[1])
     offset = tf.where(slack > 0, tf.cast(u * tf.cast(slack + 1, tf.float32), tf.int32),
                       -tf.cast(u * tf.cast(-slack + 1, tf.float32), tf.int32))
     offset = tf.minimum(offset, tf.maximum(slack, 0))
-    image, mask = _place(image, mask, size, offset, new_hw)
+    image, mask = _place(image, mask, crop, offset, new_hw)
     if flip:
         do_flip = tf.random.stateless_uniform([], seeds[2]) < 0.5
         image = tf.cond(do_flip, lambda: image[:, ::-1], lambda: image)
@@ -579,13 +581,15 @@ def colour_jitter(images, seed):
 
 
 def make_dataset(split, examples, size, batch_size, training=False, seed=0, target="labels",
-                 scale=(0.75, 1.25), fit="letterbox", flip=True, jitter=True, repeat=False, repeats=None):
+                 scale=(0.75, 1.25), fit="letterbox", flip=True, jitter=True, repeat=False, repeats=None, crop=None):
     """tf.data pipeline over decoded uint8 examples (from load_examples, same order as split),
     or, with examples=None (data too large to cache), decoding from disk every epoch.
     repeats: per-example counts an epoch (seg_train.repeat_factors); default once each.
+    crop: training only: side of the random crops, from images rescaled around a longer side of
+    `size` (augment); default `size`.
 
-    Yields (images float32 [0,255] of shape (B,size,size,3), target) with target:
-    'labels' -> (B,20) float32, 'mask' -> (B,size,size) int32 with 255 = void,
+    Yields (images float32 [0,255] of shape (B,S,S,3), target) with S = crop when training with a
+    crop, else size, and target: 'labels' -> (B,20) float32, 'mask' -> (B,S,S) int32 with 255 = void,
     'both' -> dict(labels=..., mask=...). Deterministic for a seed; reshuffled every epoch; tf.data's
     autotuning off (`without_autotune`).
     """
@@ -611,7 +615,7 @@ def make_dataset(split, examples, size, batch_size, training=False, seed=0, targ
             mask = tf.ensure_shape(mask, (None, None))
         image = tf.ensure_shape(image, (None, None, 3))  # uint8: the resize makes it float32
         if training:
-            image, mask = augment(image, mask, size, s, scale, fit, flip)
+            image, mask = augment(image, mask, size, s, scale, fit, flip, crop)
         else:
             image, mask = fit_to_size(image, mask, size, fit)
         y = tf.gather(labels, i)

@@ -4,11 +4,11 @@ whose encoder is an ImageNet MobileNetV2 (frozen first, then fine-tuned).
     python seg_train.py --data demo --arch unet --out runs/seg_unet
     KERAS_HOME=../shared/keras_home python seg_train.py --data DIR --arch mobilenetv2_unet --out runs/seg_mnv2
 
-Training uses random rescales and crops at --img-size; evaluation and prediction run on the whole
-image (scaled so its longer side is --img-size, padded to the network stride, cropped back) and
-return label maps at the image's original size. The run folder gets model.keras (best val
-Dice), metrics.json (mIoU, per-class IoU, competition Dice at original resolution), log.csv,
-curves.png, gallery.png and config.json.
+Training uses random rescales (longer side 0.5-1.5 x --img-size) and square crops of --crop-size
+(default --img-size); evaluation and prediction run on the whole image (scaled so its longer side
+is --img-size, padded to the network stride, cropped back) and return label maps at the image's
+original size. The run folder gets model.keras (best val Dice), metrics.json (mIoU, per-class
+IoU, competition Dice at original resolution), log.csv, curves.png, gallery.png and config.json.
 """
 
 import argparse
@@ -292,7 +292,7 @@ def seg_gallery(path, split, examples, pred_masks, per_image_dice, n=4):
 # ----------------------------------------------------------------------------------------------
 # Training
 
-def train(data="demo", arch="unet", out="runs/seg", img_size=None, epochs=None, frozen_epochs=None,
+def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=None, epochs=None, frozen_epochs=None,
           batch_size=None, lr=None, finetune_lr_factor=0.25, lr_warmup=0, weights="imagenet", backbone="mobilenetv2",
           loss="ce+dice", val_fraction=0.2, repeat_factor=False, patience=12, time_limit=None, width=16, seed=0,
           resume=False, checkpoint_every=60.0, overwrite=False, strategy="auto", mixed_precision="auto", jit="auto",
@@ -304,10 +304,14 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, epochs=None, 
     arch: the architecture, 'unet' (U-Net from random init) or 'mobilenetv2_unet' (U-Net whose
         encoder is an ImageNet `backbone`, frozen for `frozen_epochs`, then fine-tuned from its
         top stage).
-    img_size: side in pixels of the square training crops (random rescale 0.5-1.5 and crop), a
-        multiple of 32 (default: unet 160, mobilenetv2_unet 256). Per-epoch validation letterboxes
-        whole images to img_size; metrics.json scores whole images predicted with their longer
-        side at img_size (segment) and resized back to their original size.
+    img_size: the image scale in pixels, a multiple of 32 (default: unet 160, mobilenetv2_unet
+        256): training rescales each image so its longer side is img_size x a random factor in
+        0.5-1.5, per-epoch validation letterboxes whole images to img_size, and metrics.json (and
+        predict.py) score whole images predicted with their longer side at img_size (segment),
+        resized back to their original size.
+    crop_size: side in pixels of the square training crops, a multiple of 32 (default img_size).
+        Below img_size, training sees objects at the scale of prediction for a fraction of the
+        compute: each step costs about (crop_size / img_size)^2 of a full-size one.
     epochs: total epochs, frozen ones included (default: unet 60, mobilenetv2_unet 30).
     frozen_epochs: transfer only: epochs with the backbone frozen (default 8).
     batch_size: images per replica per step (default 8).
@@ -347,11 +351,11 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, epochs=None, 
     ...) to its per-epoch values for the epochs this call ran. Also writes metrics.json (at
     original resolution), log.csv, curves.png, gallery.png, config.json.
     Raises common.UserError for an unknown arch, loss, backbone or device option, an lr_warmup that
-    is not a whole number >= 0, a negative checkpoint_every, an img_size that is not a multiple of
-    32, weights that cannot be loaded, data that is missing, unreadable, without masks or with fewer
-    than 2 labelled images, an existing `out` without resume or overwrite, resume without an
-    interrupted run, or training that ends with no epoch of finite loss; a run that fails before its
-    first epoch leaves no folder.
+    is not a whole number >= 0, a negative checkpoint_every, an img_size or crop_size that is not a
+    positive multiple of 32, weights that cannot be loaded, data that is missing, unreadable,
+    without masks or with fewer than 2 labelled images, an existing `out` without resume or
+    overwrite, resume without an interrupted run, or training that ends with no epoch of finite
+    loss; a run that fails before its first epoch leaves no folder.
     """
     if arch not in SEG_DEFAULTS:
         raise common.UserError(f"unknown --arch {arch!r}; choose unet or mobilenetv2_unet")
@@ -363,8 +367,10 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, epochs=None, 
     img_size, epochs = img_size or d["img_size"], epochs or d["epochs"]
     batch_size, lr = batch_size or d["batch_size"], lr or d["lr"]
     frozen_epochs = d["frozen_epochs"] if frozen_epochs is None else frozen_epochs
-    if img_size % STRIDE:
-        raise common.UserError(f"--img-size must be a multiple of {STRIDE}, not {img_size}")
+    crop_size = crop_size or img_size
+    for flag, size in (("--img-size", img_size), ("--crop-size", crop_size)):
+        if size <= 0 or size % STRIDE:
+            raise common.UserError(f"{flag} must be a positive multiple of {STRIDE}, not {size}")
     verbose = common.keras_verbosity(verbose)
     jit_compile = common.jit_flag(jit)
     strategy, devices = common.setup_devices(strategy, mixed_precision, batch_size, lr)
@@ -372,18 +378,18 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, epochs=None, 
     with common.run_folder(out, resume, overwrite) as state:
         keras.utils.set_random_seed(seed)
 
-        # Data: training crops (B, img_size, img_size, 3) float32 in [0, 255] with masks (B, img_size,
-        # img_size) int32, 255 = void; validation images letterboxed to img_size
+        # Data: training crops (B, crop_size, crop_size, 3) float32 in [0, 255] with masks (B, crop_size,
+        # crop_size) int32, 255 = void; validation images letterboxed to img_size
         split, train_split, val_split = common.split_for_training(data, val_fraction, seed, masks=True)
         config = dict(task="segmentation", arch=arch, backbone=None if arch == "unet" else backbone,
-                      img_size=img_size, fit="letterbox", data=split.root, seed=seed, val_fraction=val_fraction,
-                      loss=loss, repeat_factor=repeat_factor, devices=devices, classes=list(CLASSES),
-                      val_ids=list(val_split.ids))
+                      img_size=img_size, crop_size=crop_size, fit="letterbox", data=split.root, seed=seed,
+                      val_fraction=val_fraction, loss=loss, repeat_factor=repeat_factor, devices=devices,
+                      classes=list(CLASSES), val_ids=list(val_split.ids))
         common.write_json(os.path.join(out, "config.json"), config)
         train_examples = common.load_examples(train_split) if common.cache_fits(split) else None
         val_examples = common.load_examples(val_split)
         train_ds = common.make_dataset(train_split, train_examples, img_size, batch_size, training=True, seed=seed,
-                                       target="mask", scale=(0.5, 1.5),
+                                       target="mask", scale=(0.5, 1.5), crop=crop_size,
                                        repeats=repeat_factors(train_split.labels) if repeat_factor else None)
         val_ds = common.make_dataset(val_split, val_examples, img_size, batch_size, target="mask")
 
@@ -441,7 +447,8 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, epochs=None, 
         common.plot_curves(os.path.join(out, "log.csv"), os.path.join(out, "curves.png"),
                            [("loss", ["loss", "val_loss"]), ("mIoU", ["miou", "val_miou"]),
                             ("Dice", ["dice", "val_dice"])],
-                           title=f"{arch} segmenter on {split.root} (training crops at {img_size} px)")
+                           title=f"{arch} segmenter on {split.root} (training crops of {crop_size} px, "
+                                 f"images at {img_size} px)")
         common.finish_run(out, state)
         print(f"val mIoU {metrics['val_miou']:.3f}  val Dice {metrics['val_dice']:.3f} "
               f"(all-background {metrics['all_background_dice']:.3f}), original resolution; run folder {out}",
@@ -465,8 +472,9 @@ def main(argv=None):
     p.add_argument("--data", help="dataset folder (competition or VOC layout) or 'demo' (default: /kaggle/input)")
     p.add_argument("--arch", default="unet", choices=list(SEG_DEFAULTS), help="default %(default)s")
     p.add_argument("--out", default="runs/seg", help="run folder (default %(default)s)")
-    p.add_argument("--img-size", type=int, help="training crop size, a multiple of 32 "
-                                                "(default: unet 160, mobilenetv2_unet 256)")
+    p.add_argument("--img-size", type=int, help="image scale: longer side at prediction, around which training "
+                                                "rescales; a multiple of 32 (default: unet 160, mobilenetv2_unet 256)")
+    p.add_argument("--crop-size", type=int, help="training crop size, a multiple of 32 (default: --img-size)")
     p.add_argument("--epochs", type=int, help="total epochs (default: unet 60, mobilenetv2_unet 30)")
     p.add_argument("--frozen-epochs", type=int, help="transfer: epochs with the backbone frozen (default 8)")
     p.add_argument("--batch-size", type=int, help="default 8")

@@ -83,6 +83,27 @@ def test_augmentation_keeps_image_and_mask_aligned():
         assert np.allclose(x[~valid], common.PAD_VALUE)
 
 
+def test_augmentation_crop_keeps_the_image_scale():
+    """crop < size: the output is a crop x crop window of the image rescaled to longer side size
+    (scale 1), the same pixels a full-size crop would hold there."""
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, size=(50, 100, 3)).astype(np.float32)
+    mask = rng.integers(0, 21, size=(50, 100)).astype(np.uint8)
+    resized = tf.image.resize(image, (32, 64)).numpy()  # longer side 64
+    resized_mask = tf.image.resize(mask[:, :, None], (32, 64), method="nearest").numpy()[..., 0]
+    offsets = set()
+    for s in range(8):
+        x, m = common.augment(tf.constant(image), tf.constant(mask), 64, tf.constant([s, 2], tf.int64),
+                              scale=(1.0, 1.0), flip=False, crop=32)
+        x, m = x.numpy(), m.numpy()
+        assert x.shape == (32, 32, 3) and m.shape == (32, 32)
+        ox = [o for o in range(33) if np.allclose(resized[:, o:o + 32], x, atol=1e-3)]
+        assert len(ox) == 1, ox
+        np.testing.assert_array_equal(resized_mask[:, ox[0]:ox[0] + 32], m)
+        offsets.add(ox[0])
+    assert len(offsets) > 1  # the crop's place is random
+
+
 def test_augmentation_flips_both():
     image = np.zeros((32, 32, 3), np.uint8)
     image[:, :8, 0] = 250
