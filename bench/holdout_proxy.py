@@ -46,8 +46,10 @@ TRAIN_VARIANTS = {"asl": ("cls", dict(loss="asl")), "focal": ("cls", dict(loss="
                   "finetune_lr_0.3": ("cls", dict(finetune_lr_factor=0.3)), "img_288": ("cls", dict(img_size=288)),
                   "epochs_30": ("cls", dict(epochs=30)), "frozen_10": ("cls", dict(frozen_epochs=10)),
                   "seg_epochs_50": ("seg", dict(epochs=50)),
-                  "seg_img_384": ("seg", dict(img_size=384)),  # the bench's segmenter size since 2026-12-01
-                  "seg_crop_256": ("seg", dict(crop_size=256))}  # 384-px images, 256-px training crops
+                  # the bench's segmenter since 2026-12-01, with full-size training crops (its crops until 2026-12-02)
+                  "seg_img_384": ("seg", dict(img_size=384, crop_size=384)),
+                  "seg_crop_256": ("seg", dict(img_size=384, crop_size=256)),  # the bench's since 2026-12-02
+                  "seg_img_448_crop_256": ("seg", dict(img_size=448, crop_size=256))}
 
 
 def draw_key(seed, variant=None):

@@ -23,12 +23,13 @@ RUNS = {
     "cls_mobilenetv2": (cls_train, dict(arch="mobilenetv2", img_size=224, epochs=20, frozen_epochs=5, batch_size=16),
                         30),
     "cls_scratch": (cls_train, dict(arch="scratch", img_size=128, epochs=25, batch_size=32), 30),
-    # 384 px since 2026-12-01 (256 before): +0.026 held-out segmentation Dice on 2 draws (bench/holdout_proxy.py
-    # --train seg_img_384), 80 s an epoch on a draw's 483 training photos (first machine); on the full proxy's 604
-    # on an AVX2-only CPU, oneDNN on, 177-244 s an epoch: the limit planned 16 of the 30 epochs there (val seg
-    # Dice 0.719, mIoU 0.529; bench/README.md)
-    "seg_mobilenetv2_unet": (seg_train, dict(arch="mobilenetv2_unet", img_size=384, epochs=30, frozen_epochs=6,
-                                             repeat_factor=True), 58),
+    # images at 384 px since 2026-12-01 (256 before): +0.026 held-out segmentation Dice on 2 draws (first machine;
+    # bench/holdout_proxy.py --train seg_img_384); on the AVX2-only CPU its full-size crops left time for 16 of the
+    # 30 epochs. Training crops of 256 px since 2026-12-02 (--train seg_crop_256): all 30 epochs in about half the
+    # time, held-out segmentation 0.733 and 0.699 on draws 1 and 2 (full-size crops: 0.726 and 0.720, first
+    # machine; bench/README.md)
+    "seg_mobilenetv2_unet": (seg_train, dict(arch="mobilenetv2_unet", img_size=384, crop_size=256, epochs=30,
+                                             frozen_epochs=6, repeat_factor=True), 58),
     "seg_unet": (seg_train, dict(arch="unet", img_size=128, epochs=50), 58),
 }
 
@@ -82,7 +83,9 @@ def main():
         else:
             numbers = (f"mIoU {m['val_miou']:.3f}, seg Dice {m['val_dice']:.3f} "
                        f"(all-background {m['all_background_dice']:.3f})")
-        print(f"| {r['name']} | {r['arguments']['img_size']} | {m['epochs_trained']} | {r['wall_minutes']} "
+        px = r["arguments"]["img_size"]
+        px = f"{px}, crops {r['arguments']['crop_size']}" if r["arguments"].get("crop_size") else px
+        print(f"| {r['name']} | {px} | {m['epochs_trained']} | {r['wall_minutes']} "
               f"| {numbers} |")
 
 
