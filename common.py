@@ -536,8 +536,9 @@ def fit_to_size(image, mask, size, fit="letterbox"):
 
 def augment(image, mask, size, seed, scale=(0.75, 1.25), fit="letterbox", flip=True, crop=None):
     """Training geometry, the same for image and mask: random rescale around the fitted size
-    (longer side `size` pixels times a factor drawn from `scale`), random crop/pad to crop x crop
-    (crop=None: size), horizontal flip. (Colour jitter runs per batch: colour_jitter.)"""
+    (letterbox: longer side `size` pixels, resize: size x size, times a factor drawn from `scale`),
+    random crop/pad to crop x crop (crop=None: size), horizontal flip. (Colour jitter runs per
+    batch: colour_jitter.)"""
     seeds = tf.random.experimental.stateless_split(seed, 3)
     hw = tf.cast(tf.shape(image)[:2], tf.float32)
     s = tf.random.stateless_uniform([], seeds[0], scale[0], scale[1])
@@ -546,7 +547,7 @@ def augment(image, mask, size, seed, scale=(0.75, 1.25), fit="letterbox", flip=T
     else:
         new_hw = tf.cast(tf.round(hw * (size / tf.reduce_max(hw)) * s), tf.int32)
     new_hw = tf.maximum(new_hw, 1)
-    crop = crop or size
+    crop = size if crop is None else crop
     slack = new_hw - crop  # > 0: crop that much, < 0: pad that much
     u = tf.random.stateless_uniform([2], seeds[1])
     offset = tf.where(slack > 0, tf.cast(u * tf.cast(slack + 1, tf.float32), tf.int32),

@@ -359,7 +359,9 @@ def training_table(config, metrics):
     devices = config.get("devices", {})
     return markdown_table(["setting", "value"], [
         ("architecture", f"`{config['arch']}`"),
-        ("input", f"{config['img_size']} x {config['img_size']} pixels ({config['fit']})"),
+        ("input", f"{config['img_size']} x {config['img_size']} pixels ({config['fit']})"
+                  + (f", trained on {config['crop_size']}-pixel crops"
+                     if config.get("crop_size", config["img_size"]) != config["img_size"] else "")),
         ("loss", config.get("loss")),
         ("batch, peak learning rate", f"{devices.get('global_batch_size')}, {devices.get('lr')}"),
         ("epochs trained (best epoch)", f"{metrics['epochs_trained']} ({metrics['best_epoch']})"),

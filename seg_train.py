@@ -309,7 +309,8 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=Non
         0.5-1.5, per-epoch validation letterboxes whole images to img_size, and metrics.json (and
         predict.py) score whole images predicted with their longer side at img_size (segment),
         resized back to their original size.
-    crop_size: side in pixels of the square training crops, a multiple of 32 (default img_size).
+    crop_size: side in pixels of the square training crops, a positive multiple of 32 and at most
+        img_size (default img_size).
         Below img_size, training sees objects at the scale of prediction for a fraction of the
         compute: each step costs about (crop_size / img_size)^2 of a full-size one.
     epochs: total epochs, frozen ones included (default: unet 60, mobilenetv2_unet 30).
@@ -352,10 +353,10 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=Non
     original resolution), log.csv, curves.png, gallery.png, config.json.
     Raises common.UserError for an unknown arch, loss, backbone or device option, an lr_warmup that
     is not a whole number >= 0, a negative checkpoint_every, an img_size or crop_size that is not a
-    positive multiple of 32, weights that cannot be loaded, data that is missing, unreadable,
-    without masks or with fewer than 2 labelled images, an existing `out` without resume or
-    overwrite, resume without an interrupted run, or training that ends with no epoch of finite
-    loss; a run that fails before its first epoch leaves no folder.
+    positive multiple of 32, a crop_size above img_size, weights that cannot be loaded, data that
+    is missing, unreadable, without masks or with fewer than 2 labelled images, an existing `out`
+    without resume or overwrite, resume without an interrupted run, or training that ends with no
+    epoch of finite loss; a run that fails before its first epoch leaves no folder.
     """
     if arch not in SEG_DEFAULTS:
         raise common.UserError(f"unknown --arch {arch!r}; choose unet or mobilenetv2_unet")
@@ -367,10 +368,13 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=Non
     img_size, epochs = img_size or d["img_size"], epochs or d["epochs"]
     batch_size, lr = batch_size or d["batch_size"], lr or d["lr"]
     frozen_epochs = d["frozen_epochs"] if frozen_epochs is None else frozen_epochs
-    crop_size = crop_size or img_size
+    crop_size = img_size if crop_size is None else crop_size
     for flag, size in (("--img-size", img_size), ("--crop-size", crop_size)):
         if size <= 0 or size % STRIDE:
             raise common.UserError(f"{flag} must be a positive multiple of {STRIDE}, not {size}")
+    if crop_size > img_size:
+        raise common.UserError(f"--crop-size {crop_size} is larger than --img-size {img_size}: the crops would "
+                               f"hold mostly padding; use a crop of at most the image scale")
     verbose = common.keras_verbosity(verbose)
     jit_compile = common.jit_flag(jit)
     strategy, devices = common.setup_devices(strategy, mixed_precision, batch_size, lr)
@@ -473,8 +477,10 @@ def main(argv=None):
     p.add_argument("--arch", default="unet", choices=list(SEG_DEFAULTS), help="default %(default)s")
     p.add_argument("--out", default="runs/seg", help="run folder (default %(default)s)")
     p.add_argument("--img-size", type=int, help="image scale: longer side at prediction, around which training "
-                                                "rescales; a multiple of 32 (default: unet 160, mobilenetv2_unet 256)")
-    p.add_argument("--crop-size", type=int, help="training crop size, a multiple of 32 (default: --img-size)")
+                                                "rescales; a positive multiple of 32 (default: unet 160, "
+                                                "mobilenetv2_unet 256)")
+    p.add_argument("--crop-size", type=int, help="training crop size, a positive multiple of 32, at most "
+                                                 "--img-size (default: --img-size)")
     p.add_argument("--epochs", type=int, help="total epochs (default: unet 60, mobilenetv2_unet 30)")
     p.add_argument("--frozen-epochs", type=int, help="transfer: epochs with the backbone frozen (default 8)")
     p.add_argument("--batch-size", type=int, help="default 8")

@@ -150,8 +150,9 @@ def held_out_draw(proxy, seed, only, earlier, variant=None):
         result[f"{task}_arguments"], result[f"{task}_time_limit_minutes"] = kwargs, minutes
     for task in ["cls"] + (["seg"] if only != "cls" else []):  # did each schedule fit its time limit?
         metrics = common.read_json(os.path.join(root, task, "metrics.json"))
-        result[f"{task}_epochs"] = {k: metrics.get(k) for k in ("epochs_trained", "epochs_planned",
-                                                                "stopped_by_time_limit")}
+        keys = ("epochs_trained", "epochs_planned", "stopped_by_time_limit", "best_epoch")
+        keys += ("val_dice", "val_miou") if task == "seg" else ()  # the training script's validation numbers
+        result[f"{task}_epochs"] = {k: metrics.get(k) for k in keys}
     cls_metrics = common.read_json(os.path.join(root, "cls", "metrics.json"))
     alone, alone_expected, val_expected = classifier_alone(os.path.join(root, "cls"), data, held_labels)
     result["classification"] = dict(

@@ -102,6 +102,18 @@ def test_augmentation_crop_keeps_the_image_scale():
         np.testing.assert_array_equal(resized_mask[:, ox[0]:ox[0] + 32], m)
         offsets.add(ox[0])
     assert len(offsets) > 1  # the crop's place is random
+    # scale 0.5: the image shrinks to 16 x 32 (longer side 32 = the crop), padded above and below with void
+    small = tf.image.resize(image, (16, 32)).numpy()
+    small_mask = tf.image.resize(mask[:, :, None], (16, 32), method="nearest").numpy()[..., 0]
+    for s in range(4):
+        x, m = common.augment(tf.constant(image), tf.constant(mask), 64, tf.constant([s, 3], tf.int64),
+                              scale=(0.5, 0.5), flip=False, crop=32)
+        x, m = x.numpy(), m.numpy()
+        rows = np.flatnonzero((m != 255).any(axis=1))
+        assert len(rows) == 16 and rows[-1] - rows[0] == 15
+        np.testing.assert_allclose(x[rows], small, atol=1e-3)
+        np.testing.assert_array_equal(m[rows], small_mask)
+        assert np.allclose(np.delete(x, rows, axis=0), common.PAD_VALUE)
 
 
 def test_augmentation_flips_both():

@@ -40,6 +40,10 @@ def check_run_folder(out, data):
 def test_unet_run_and_original_size_predictions(demo_dir, tmp_path, monkeypatch):
     out = str(tmp_path / "run")
     traces = count_traces(monkeypatch, keras.Model)
+    datasets = []  # (training?, dataset) of every pipeline the run builds
+    make_dataset = common.make_dataset
+    monkeypatch.setattr(common, "make_dataset", lambda *a, **k: datasets.append(
+        (k.get("training", False), make_dataset(*a, **k))) or datasets[-1][1])
     model, history = seg_train.train(data=demo_dir, arch="unet", out=out, img_size=64, crop_size=32, epochs=2,
                                      width=8, batch_size=4, lr=4e-3, lr_warmup=1, verbose=0)
     assert len(traces) == 1  # the optimizer built before fit: no second trace of the step
@@ -49,6 +53,8 @@ def test_unet_run_and_original_size_predictions(demo_dir, tmp_path, monkeypatch)
     np.testing.assert_allclose(rates, [0.5 * 4e-3, 0.51 * 4e-3], rtol=1e-5)
     loaded, config = common.load_run(out, "segmentation")
     assert (config["img_size"], config["crop_size"]) == (64, 32)  # trained on 32-px crops, predicts at 64
+    shapes = {training: tuple(ds.element_spec[0].shape[1:3]) for training, ds in datasets}
+    assert shapes == {True: (32, 32), False: (64, 64)}, shapes
     rng = np.random.default_rng(0)
     sizes = [(333, 500), (500, 281), (37, 101), (64, 64)]
     images = [rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for h, w in sizes]
@@ -119,9 +125,13 @@ def test_bad_image_size(demo_dir, tmp_path, capsys):
     assert common.run_cli(seg_train.main, ["--data", demo_dir, "--out", str(tmp_path / "r"), "--img-size", "100"]) == 2
     assert "multiple of 32" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "r")
-    assert common.run_cli(seg_train.main, ["--data", demo_dir, "--out", str(tmp_path / "r"), "--crop-size", "48"]) == 2
-    assert "--crop-size must be a positive multiple of 32" in capsys.readouterr().err
-    assert not os.path.exists(tmp_path / "r")
+    for crop, message in (("48", "--crop-size must be a positive multiple of 32"),
+                          ("0", "--crop-size must be a positive multiple of 32"),
+                          ("256", "--crop-size 256 is larger than --img-size 160")):
+        argv = ["--data", demo_dir, "--out", str(tmp_path / "r"), "--crop-size", crop]
+        assert common.run_cli(seg_train.main, argv) == 2
+        assert message in capsys.readouterr().err
+        assert not os.path.exists(tmp_path / "r")
 
 
 def test_mask_dice_metric_matches_numpy():
