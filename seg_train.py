@@ -310,9 +310,9 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=Non
         predict.py) score whole images predicted with their longer side at img_size (segment),
         resized back to their original size.
     crop_size: side in pixels of the square training crops, a positive multiple of 32 and at most
-        img_size (default img_size).
-        Below img_size, training sees objects at the scale of prediction for a fraction of the
-        compute: each step costs about (crop_size / img_size)^2 of a full-size one.
+        img_size (default img_size). Below img_size, training sees objects at the scale of
+        prediction for a fraction of the compute: each step costs about (crop_size / img_size)^2
+        of a full-size one.
     epochs: total epochs, frozen ones included (default: unet 60, mobilenetv2_unet 30).
     frozen_epochs: transfer only: epochs with the backbone frozen (default 8).
     batch_size: images per replica per step (default 8).

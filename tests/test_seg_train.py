@@ -42,8 +42,13 @@ def test_unet_run_and_original_size_predictions(demo_dir, tmp_path, monkeypatch)
     traces = count_traces(monkeypatch, keras.Model)
     datasets = []  # (training?, dataset) of every pipeline the run builds
     make_dataset = common.make_dataset
-    monkeypatch.setattr(common, "make_dataset", lambda *a, **k: datasets.append(
-        (k.get("training", False), make_dataset(*a, **k))) or datasets[-1][1])
+
+    def recording_make_dataset(*args, **kwargs):
+        ds = make_dataset(*args, **kwargs)
+        datasets.append((kwargs.get("training", False), ds))
+        return ds
+
+    monkeypatch.setattr(common, "make_dataset", recording_make_dataset)
     model, history = seg_train.train(data=demo_dir, arch="unet", out=out, img_size=64, crop_size=32, epochs=2,
                                      width=8, batch_size=4, lr=4e-3, lr_warmup=1, verbose=0)
     assert len(traces) == 1  # the optimizer built before fit: no second trace of the step
