@@ -312,9 +312,9 @@ def cls_gallery(path, split, examples, probs, pred, n=6):
 # Training
 
 def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=None, frozen_epochs=None,
-          batch_size=None, lr=None, finetune_lr_factor=0.1, lr_warmup=0, weights="imagenet", backbone="mobilenetv2",
-          loss="bce", pos_weight=True, val_fraction=0.2, patience=10, time_limit=None, width=32, pools=5,
-          dropout=0.4, jitter=True, seed=0,
+          batch_size=None, lr=None, finetune_lr_factor=0.1, finetune_from=None, lr_warmup=0, weights="imagenet",
+          backbone="mobilenetv2", loss="bce", pos_weight=True, val_fraction=0.2, patience=10, time_limit=None, width=32,
+          pools=5, dropout=0.4, jitter=True, seed=0,
           resume=False, checkpoint_every=60.0, overwrite=False, strategy="auto", mixed_precision="auto", jit="auto",
           verbose=None):
     """Train a 20-class multi-label classifier and write its run folder `out`.
@@ -322,18 +322,22 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
     data: dataset folder (competition or VOC devkit layout), 'demo' (the built-in synthetic set,
         generated and cached on first use) or None (the competition data under /kaggle/input).
     arch: the architecture, 'scratch' (VGG-like CNN, random init) or 'mobilenetv2' (transfer: an
-        ImageNet `backbone` with a new head, frozen for `frozen_epochs`, then fine-tuned from its
-        top stage).
+        ImageNet `backbone` with a new head, frozen for `frozen_epochs`, then fine-tuned from
+        `finetune_from`, by default its top stage).
     img_size: square input side in pixels; images are resized to it, aspect ratio not kept
         (default: scratch 128, mobilenetv2 224).
     epochs: total epochs, frozen ones included (default: scratch 60, mobilenetv2 15).
     frozen_epochs: transfer only: epochs with the backbone frozen (default 5); the rest run with
-        the top stage unfrozen at lr * finetune_lr_factor.
+        the backbone unfrozen from `finetune_from` at lr * finetune_lr_factor.
     batch_size: images per replica per step (default: scratch 32, mobilenetv2 16).
     lr: AdamW learning rate at the start of each stage, cosine-decayed over the stage (default:
         scratch 2e-3, mobilenetv2 1e-3). batch_size and lr are multiplied by the replica count.
     finetune_lr_factor: transfer only: the fine-tuning stage starts at lr * finetune_lr_factor
         (default 0.1).
+    finetune_from: transfer only: the first backbone layer trained in the fine-tuning stage, a
+        layer name of the keras.applications model (default None: the top stage,
+        common.BACKBONES, block_13_expand for MobileNetV2); e.g. block_6_expand also trains the
+        stride-16 blocks. BatchNorm layers stay frozen. Checked before training (common.finetune_start).
     lr_warmup: epochs of linear learning-rate warm-up at the start of each stage (fine-tuning
         too): the stage's cosine rate times 1/(lr_warmup+1), 2/(lr_warmup+1), ...; a short stage
         peaks below its lr (common.cosine; default 0, none).
@@ -368,11 +372,11 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
     reloaded from out/model.keras (not compiled); history maps each Keras log key ('loss',
     'dice', 'val_loss', 'val_dice', ...) to its per-epoch values for the epochs this call ran.
     Also writes thresholds.json, metrics.json, log.csv, curves.png, gallery.png, config.json.
-    Raises common.UserError for an unknown arch, loss, backbone or device option, an lr_warmup that
-    is not a whole number >= 0, a negative checkpoint_every, weights that cannot be loaded, data
-    that is missing, unreadable or has fewer than 2 labelled images, an existing `out` without
-    resume or overwrite, resume without an interrupted run, or training that ends with no epoch of
-    finite loss; a run that fails before its first epoch leaves no folder.
+    Raises common.UserError for an unknown arch, loss, backbone, finetune_from layer or device
+    option, an lr_warmup that is not a whole number >= 0, a negative checkpoint_every, weights that
+    cannot be loaded, data that is missing, unreadable or has fewer than 2 labelled images, an
+    existing `out` without resume or overwrite, resume without an interrupted run, or training that
+    ends with no epoch of finite loss; a run that fails before its first epoch leaves no folder.
     """
     d = CLS_DEFAULTS["scratch" if arch == "scratch" else "mobilenetv2"]
     img_size, epochs = img_size or d["img_size"], epochs or d["epochs"]
@@ -413,14 +417,17 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
             else:
                 model = build_transfer(img_size, backbone, weights)
         backbone_model = common.backbone_of(model)  # None for the scratch CNN
+        finetune_layer = common.finetune_start(backbone_model, backbone, finetune_from)
+        config["finetune_from"] = finetune_layer  # None: no backbone
+        common.write_json(os.path.join(out, "config.json"), config)
         # Loss: positives of rare classes weigh more (pos_weights: (20,) or None)
         pos_weights = positive_weights(train_split.labels) if pos_weight else None
 
         # Training: compile and fit per stage, (first epoch, end epoch, learning rate, first
-        # backbone layer to train): the head on the frozen backbone, then its top stage fine-tuned
-        top_stage = None if arch == "scratch" else common.BACKBONES[backbone][1]
+        # backbone layer to train): the head on the frozen backbone, then the backbone fine-tuned from
+        # finetune_layer (default its top stage)
         stages = [(0, epochs, lr, None)] if arch == "scratch" else \
-            [(0, frozen_epochs, lr, None), (frozen_epochs, epochs, lr * finetune_lr_factor, top_stage)]
+            [(0, frozen_epochs, lr, None), (frozen_epochs, epochs, lr * finetune_lr_factor, finetune_layer)]
         # model.keras (best), last.keras (for --resume), state.json
         checkpoint = common.RunCheckpoint(out, "val_dice", state, checkpoint_every)
         timer = common.TimeLimit(time_limit)
@@ -503,8 +510,12 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, help="default: scratch 32, mobilenetv2 16")
     p.add_argument("--lr", type=float, help="learning rate (default: scratch 2e-3, mobilenetv2 1e-3)")
     p.add_argument("--finetune-lr-factor", type=float, default=0.1,
-                   help="transfer: learning-rate factor once the backbone's top stage is unfrozen "
+                   help="transfer: learning-rate factor once the backbone is unfrozen from --finetune-from "
                         "(default %(default)s)")
+    p.add_argument("--finetune-from", metavar="LAYER",
+                   help="transfer: first backbone layer fine-tuned after the frozen epochs, a layer name of "
+                        "the keras.applications model, e.g. block_6_expand (default: its top stage, "
+                        "block_13_expand for mobilenetv2)")
     p.add_argument("--lr-warmup", type=int, default=0, metavar="EPOCHS",
                    help="epochs of linear learning-rate warm-up at the start of each stage: 1/(N+1), 2/(N+1), "
                         "... of its cosine rate (default %(default)s)")

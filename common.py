@@ -1131,6 +1131,23 @@ def backbone_of(net):
     return next((layer for layer in net.layers if isinstance(layer, keras.Model)), None)
 
 
+def finetune_start(backbone_model, backbone, layer=None):
+    """The name of the first backbone layer that the fine-tuning stage trains: `layer`, or the
+    backbone's top stage (BACKBONES, e.g. block_13_expand for MobileNetV2) when None; None for a
+    scratch model (backbone_model None). Checked before training, so that a misspelt layer fails
+    at once, not after the frozen epochs. Raises UserError for a layer the backbone does not have."""
+    if backbone_model is None:
+        return None
+    layer = layer or BACKBONES[backbone][1]
+    names = [x.name for x in backbone_model.layers]
+    if layer not in names:
+        starts = [n for n in names if n.endswith("_expand") or n in (names[1], BACKBONES[backbone][1])]
+        hint = ", ".join(starts if len(starts) <= 6 else starts[:4] + ["...", starts[-1]])
+        raise UserError(f"--finetune-from {layer!r} is not a layer of the {backbone} backbone "
+                        f"(keras.applications.{BACKBONES[backbone][0]}); e.g. {hint}")
+    return layer
+
+
 def set_backbone_trainable(backbone_model, from_layer=None):
     """Freeze the backbone, or unfreeze it from `from_layer` upwards. BatchNorm layers stay frozen
     (and the backbone is always called with training=False), so their statistics never move.

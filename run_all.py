@@ -346,7 +346,7 @@ MODEL_TEXT = {  # design of each model family, as the report states it
                "pooling, global average pooling, dropout and 20 sigmoid outputs",
     "mobilenetv2": "MobileNetV2 with ImageNet weights (never weights trained on VOC) and a new head (global "
                    "average pooling, dropout, 20 sigmoid outputs); the backbone is frozen first, then "
-                   "fine-tuned from its top stage",
+                   "fine-tuned",
     "unet": "a U-Net trained from scratch: an encoder of conv-BN-ReLU blocks and max pooling, a decoder "
             "that upsamples and joins the encoder's feature maps at each scale, 21 softmax outputs per pixel",
     "mobilenetv2_unet": "a U-Net whose encoder is MobileNetV2 with ImageNet weights (frozen first, then "
@@ -363,6 +363,7 @@ def training_table(config, metrics):
                   + (f", trained on {config['crop_size']}-pixel crops"
                      if config.get("crop_size", config["img_size"]) != config["img_size"] else "")),
         ("loss", config.get("loss")),
+        *([("backbone fine-tuned from layer", f"`{config['finetune_from']}`")] if config.get("finetune_from") else []),
         ("batch, peak learning rate", f"{devices.get('global_batch_size')}, {devices.get('lr')}"),
         ("epochs trained (best epoch)", f"{metrics['epochs_trained']} ({metrics['best_epoch']})"),
         ("stopped by time limit", metrics["stopped_by_time_limit"]),

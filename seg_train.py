@@ -293,8 +293,9 @@ def seg_gallery(path, split, examples, pred_masks, per_image_dice, n=4):
 # Training
 
 def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=None, epochs=None, frozen_epochs=None,
-          batch_size=None, lr=None, finetune_lr_factor=0.25, lr_warmup=0, weights="imagenet", backbone="mobilenetv2",
-          loss="ce+dice", val_fraction=0.2, repeat_factor=False, patience=12, time_limit=None, width=16, seed=0,
+          batch_size=None, lr=None, finetune_lr_factor=0.25, finetune_from=None, lr_warmup=0, weights="imagenet",
+          backbone="mobilenetv2", loss="ce+dice", val_fraction=0.2, repeat_factor=False, patience=12, time_limit=None,
+          width=16, seed=0,
           resume=False, checkpoint_every=60.0, overwrite=False, strategy="auto", mixed_precision="auto", jit="auto",
           verbose=None):
     """Train a 21-class segmenter (background + 20; void pixels ignored) and write its run folder `out`.
@@ -302,8 +303,8 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=Non
     data: dataset folder (competition or VOC devkit layout) with a mask for every training
         image, 'demo' (the built-in synthetic set) or None (the competition data under /kaggle/input).
     arch: the architecture, 'unet' (U-Net from random init) or 'mobilenetv2_unet' (U-Net whose
-        encoder is an ImageNet `backbone`, frozen for `frozen_epochs`, then fine-tuned from its
-        top stage).
+        encoder is an ImageNet `backbone`, frozen for `frozen_epochs`, then fine-tuned from
+        `finetune_from`, by default its top stage).
     img_size: the image scale in pixels, a multiple of 32 (default: unet 160, mobilenetv2_unet
         256): training rescales each image so its longer side is img_size x a random factor in
         0.5-1.5, per-epoch validation letterboxes whole images to img_size, and metrics.json (and
@@ -320,6 +321,10 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=Non
         unet 5e-3, mobilenetv2_unet 2e-3). batch_size and lr are multiplied by the replica count.
     finetune_lr_factor: transfer only: the fine-tuning stage starts at lr * finetune_lr_factor
         (default 0.25).
+    finetune_from: transfer only: the first backbone layer trained in the fine-tuning stage, a
+        layer name of the keras.applications model (default None: the top stage,
+        common.BACKBONES, block_13_expand for MobileNetV2); e.g. block_6_expand also trains the
+        stride-16 blocks. BatchNorm layers stay frozen. Checked before training (common.finetune_start).
     lr_warmup: epochs of linear learning-rate warm-up at the start of each stage (fine-tuning
         too): the stage's cosine rate times 1/(lr_warmup+1), 2/(lr_warmup+1), ...; a short stage
         peaks below its lr (common.cosine; default 0, none).
@@ -351,12 +356,13 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=Non
     history maps each Keras log key ('loss', 'miou', 'dice', 'val_loss', 'val_miou', 'val_dice',
     ...) to its per-epoch values for the epochs this call ran. Also writes metrics.json (at
     original resolution), log.csv, curves.png, gallery.png, config.json.
-    Raises common.UserError for an unknown arch, loss, backbone or device option, an lr_warmup that
-    is not a whole number >= 0, a negative checkpoint_every, an img_size or crop_size that is not a
-    positive multiple of 32, a crop_size above img_size, weights that cannot be loaded, data that
-    is missing, unreadable, without masks or with fewer than 2 labelled images, an existing `out`
-    without resume or overwrite, resume without an interrupted run, or training that ends with no
-    epoch of finite loss; a run that fails before its first epoch leaves no folder.
+    Raises common.UserError for an unknown arch, loss, backbone, finetune_from layer or device
+    option, an lr_warmup that is not a whole number >= 0, a negative checkpoint_every, an img_size
+    or crop_size that is not a positive multiple of 32, a crop_size above img_size, weights that
+    cannot be loaded, data that is missing, unreadable, without masks or with fewer than 2 labelled
+    images, an existing `out` without resume or overwrite, resume without an interrupted run, or
+    training that ends with no epoch of finite loss; a run that fails before its first epoch leaves
+    no folder.
     """
     if arch not in SEG_DEFAULTS:
         raise common.UserError(f"unknown --arch {arch!r}; choose unet or mobilenetv2_unet")
@@ -407,12 +413,15 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=Non
             else:
                 model = build_transfer_unet(None, backbone, weights)
         backbone_model = common.backbone_of(model)  # None for the scratch U-Net
+        finetune_layer = common.finetune_start(backbone_model, backbone, finetune_from)
+        config["finetune_from"] = finetune_layer  # None: no backbone
+        common.write_json(os.path.join(out, "config.json"), config)
 
         # Training: compile and fit per stage, (first epoch, end epoch, learning rate, first
-        # backbone layer to train): the decoder on the frozen backbone, then its top stage fine-tuned
-        top_stage = None if arch == "unet" else common.BACKBONES[backbone][1]
+        # backbone layer to train): the decoder on the frozen backbone, then the backbone fine-tuned from
+        # finetune_layer (default its top stage)
         stages = [(0, epochs, lr, None)] if arch == "unet" else \
-            [(0, frozen_epochs, lr, None), (frozen_epochs, epochs, lr * finetune_lr_factor, top_stage)]
+            [(0, frozen_epochs, lr, None), (frozen_epochs, epochs, lr * finetune_lr_factor, finetune_layer)]
         # model.keras (best), last.keras (for --resume), state.json
         checkpoint = common.RunCheckpoint(out, "val_dice", state, checkpoint_every)
         timer = common.TimeLimit(time_limit)
@@ -486,8 +495,12 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, help="default 8")
     p.add_argument("--lr", type=float, help="learning rate (default: unet 5e-3, mobilenetv2_unet 2e-3)")
     p.add_argument("--finetune-lr-factor", type=float, default=0.25,
-                   help="transfer: learning-rate factor once the backbone's top stage is unfrozen "
+                   help="transfer: learning-rate factor once the backbone is unfrozen from --finetune-from "
                         "(default %(default)s)")
+    p.add_argument("--finetune-from", metavar="LAYER",
+                   help="transfer: first backbone layer fine-tuned after the frozen epochs, a layer name of "
+                        "the keras.applications model, e.g. block_6_expand (default: its top stage, "
+                        "block_13_expand for mobilenetv2)")
     p.add_argument("--lr-warmup", type=int, default=0, metavar="EPOCHS",
                    help="epochs of linear learning-rate warm-up at the start of each stage: 1/(N+1), 2/(N+1), "
                         "... of its cosine rate (default %(default)s)")

@@ -54,21 +54,27 @@ def test_scratch_run_writes_everything_and_reloads(demo_dir, tmp_path, monkeypat
     np.testing.assert_array_equal(cls_train.decide(p1, thresholds), cls_train.decide(p2, thresholds))
 
 
-@pytest.mark.parametrize("weights, frozen", [("imagenet", 1), ("imagenet", 0), ("none", 1)])
-def test_transfer_run_freezes_backbone_statistics(demo_dir, tmp_path, monkeypatch, weights, frozen):
+@pytest.mark.parametrize("weights, frozen, finetune_from", [("imagenet", 1, None), ("imagenet", 0, None),
+                                                           ("none", 1, None), ("imagenet", 0, "block_6_expand")])
+def test_transfer_run_freezes_backbone_statistics(demo_dir, tmp_path, monkeypatch, weights, frozen, finetune_from):
     if weights == "imagenet" and not HAVE_IMAGENET:
         pytest.skip("no offline ImageNet weights in ../shared/keras_home")
     out = str(tmp_path / "run")
     initial = record_initial_backbone(monkeypatch, cls_train, "build_transfer")  # the weights train() starts from
     model, history = cls_train.train(data=demo_dir, arch="mobilenetv2", out=out, img_size=96, epochs=2,
-                                     frozen_epochs=frozen, batch_size=8, weights=weights, verbose=0)
+                                     frozen_epochs=frozen, batch_size=8, weights=weights,
+                                     finetune_from=finetune_from, verbose=0)
     check_run_folder(out)
     assert len(history["loss"]) == 2
+    first = finetune_from or "block_13_expand"  # the default: MobileNetV2's top stage
+    assert common.read_json(os.path.join(out, "config.json"))["finetune_from"] == first
     changed = changed_backbone_layers(initial, model)
     assert_batchnorm_unchanged(changed)  # BN never moves
-    assert not changed["Conv1"] and not changed["block_12_project"]  # below the fine-tuned stage
-    if frozen == 0:  # every epoch fine-tuned, so the best model has a changed top stage
-        assert changed["block_14_project"] and changed["Conv_1"]
+    below, above = {"block_13_expand": ("block_12_project", "block_14_project"),
+                    "block_6_expand": ("block_5_project", "block_6_project")}[first]
+    assert not changed["Conv1"] and not changed[below]  # below the first fine-tuned layer
+    if frozen == 0:  # every epoch fine-tuned, so the best model has changed layers from there up
+        assert changed[above] and changed["Conv_1"]
 
 
 @pytest.mark.slow
@@ -179,12 +185,15 @@ def test_bad_arguments_give_one_line_errors(demo_dir, tmp_path, capsys):
          "no such file"),
         (["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r3")], "does not exist"),
         (["--data", demo_dir, "--out", str(tmp_path / "r4"), "--resume"], "no interrupted run"),
+        (["--data", demo_dir, "--out", str(tmp_path / "r5"), "--arch", "mobilenetv2", "--weights", "none",
+          "--finetune-from", "block_6"], "--finetune-from 'block_6' is not a layer of the mobilenetv2 backbone"),
     ]
     for argv, message in cases:
         assert common.run_cli(cls_train.main, argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert os.listdir(out) == ["something"]  # the existing folder is untouched
+    assert not any(os.path.exists(tmp_path / f"r{k}") for k in range(2, 6))  # failed runs leave no folder
 
 
 @pytest.mark.slow

@@ -114,3 +114,15 @@ def check_report(out, demo_dir, tmp_path):
 def test_report_only_names_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(common.UserError, match="not a finished run of run_all.py: no cls/metrics.json"):
         run_all.main(["--report-only", "--out", str(tmp_path)])
+
+
+def test_training_table_names_the_crop_and_the_first_fine_tuned_layer():
+    metrics = dict(epochs_trained=30, best_epoch=28, stopped_by_time_limit=False, val_images=121)
+    transfer = dict(arch="mobilenetv2_unet", img_size=384, crop_size=256, fit="letterbox", loss="ce+dice",
+                    finetune_from="block_3_expand", devices=dict(global_batch_size=8, lr=2e-3))
+    table = run_all.training_table(transfer, metrics)
+    assert "384 x 384 pixels (letterbox), trained on 256-pixel crops" in table
+    assert "| backbone fine-tuned from layer | `block_3_expand` |" in table
+    scratch = dict(transfer, arch="unet", crop_size=384, finetune_from=None)  # no crop, no backbone
+    table = run_all.training_table(scratch, metrics)
+    assert "crops" not in table and "fine-tuned" not in table
