@@ -27,9 +27,11 @@ RUNS = {
     # bench/holdout_proxy.py --train seg_img_384); on the AVX2-only CPU its full-size crops left time for 16 of the
     # 30 epochs. Training crops of 256 px since 2026-12-02 (--train seg_crop_256): all 30 epochs in about half the
     # time, held-out segmentation 0.733 and 0.699 on draws 1 and 2 (full-size crops: 0.726 and 0.720, first
-    # machine; bench/README.md)
+    # machine; bench/README.md). Fine-tuned from block_3_expand (the stride-8 blocks up, not only the top stage) at
+    # 0.1 x lr since 2026-12-02 (--train seg_finetune_block_3_lr_0.1): held-out segmentation 0.747 and 0.709
     "seg_mobilenetv2_unet": (seg_train, dict(arch="mobilenetv2_unet", img_size=384, crop_size=256, epochs=30,
-                                             frozen_epochs=6, repeat_factor=True), 58),
+                                             frozen_epochs=6, finetune_from="block_3_expand", finetune_lr_factor=0.1,
+                                             repeat_factor=True), 58),
     "seg_unet": (seg_train, dict(arch="unet", img_size=128, epochs=50), 58),
 }
 
