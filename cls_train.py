@@ -401,7 +401,6 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
                       img_size=img_size, fit="resize", data=split.root, seed=seed, val_fraction=val_fraction,
                       loss=loss, pos_weight=pos_weight, devices=devices, classes=list(CLASSES),
                       val_ids=list(val_split.ids))
-        common.write_json(os.path.join(out, "config.json"), config)
         train_examples = common.load_examples(train_split, masks=False) if common.cache_fits(split) else None
         val_examples = common.load_examples(val_split, masks=False)
         train_ds = common.make_dataset(train_split, train_examples, img_size, batch_size, training=True, seed=seed,
@@ -417,17 +416,17 @@ def train(data="demo", arch="scratch", out="runs/cls", img_size=None, epochs=Non
             else:
                 model = build_transfer(img_size, backbone, weights)
         backbone_model = common.backbone_of(model)  # None for the scratch CNN
-        finetune_layer = common.finetune_start(backbone_model, backbone, finetune_from)
-        config["finetune_from"] = finetune_layer  # None: no backbone
+        resumed = common.read_json(os.path.join(out, "config.json")).get("finetune_from") if resume else None
+        config["finetune_from"] = common.finetune_start(backbone_model, backbone, finetune_from, resumed)
         common.write_json(os.path.join(out, "config.json"), config)
         # Loss: positives of rare classes weigh more (pos_weights: (20,) or None)
         pos_weights = positive_weights(train_split.labels) if pos_weight else None
 
         # Training: compile and fit per stage, (first epoch, end epoch, learning rate, first
         # backbone layer to train): the head on the frozen backbone, then the backbone fine-tuned from
-        # finetune_layer (default its top stage)
+        # the layer in config["finetune_from"] (default its top stage)
         stages = [(0, epochs, lr, None)] if arch == "scratch" else \
-            [(0, frozen_epochs, lr, None), (frozen_epochs, epochs, lr * finetune_lr_factor, finetune_layer)]
+            [(0, frozen_epochs, lr, None), (frozen_epochs, epochs, lr * finetune_lr_factor, config["finetune_from"])]
         # model.keras (best), last.keras (for --resume), state.json
         checkpoint = common.RunCheckpoint(out, "val_dice", state, checkpoint_every)
         timer = common.TimeLimit(time_limit)

@@ -1131,18 +1131,23 @@ def backbone_of(net):
     return next((layer for layer in net.layers if isinstance(layer, keras.Model)), None)
 
 
-def finetune_start(backbone_model, backbone, layer=None):
+def finetune_start(backbone_model, backbone, layer=None, resumed=None):
     """The name of the first backbone layer that the fine-tuning stage trains: `layer`, or the
     backbone's top stage (BACKBONES, e.g. block_13_expand for MobileNetV2) when None; None for a
-    scratch model (backbone_model None). Checked before training, so that a misspelt layer fails
-    at once, not after the frozen epochs. Raises UserError for a layer the backbone does not have."""
+    scratch model (backbone_model None). resumed: the layer an interrupted run recorded in its
+    config.json (--resume), which a resumed run keeps. Called before the first epoch, so that a
+    misspelt layer fails then, not after the frozen epochs. Raises UserError for a layer the
+    backbone does not have, or one other than the interrupted run's."""
     if backbone_model is None:
         return None
-    layer = layer or BACKBONES[backbone][1]
+    if resumed and layer and layer != resumed:
+        raise UserError(f"the interrupted run fine-tunes from {resumed!r}, not {layer!r}: resume it without "
+                        f"--finetune-from or with --finetune-from {resumed}")
+    layer = resumed or layer or BACKBONES[backbone][1]
     names = [x.name for x in backbone_model.layers]
     if layer not in names:
-        starts = [n for n in names if n.endswith("_expand") or n in (names[1], BACKBONES[backbone][1])]
-        hint = ", ".join(starts if len(starts) <= 6 else starts[:4] + ["...", starts[-1]])
+        starts = [n for n in names if n.endswith("_expand")]  # MobileNetV2's blocks
+        hint = ", ".join(starts[:4] + ["...", starts[-1]]) if len(starts) > 5 else BACKBONES[backbone][1]
         raise UserError(f"--finetune-from {layer!r} is not a layer of the {backbone} backbone "
                         f"(keras.applications.{BACKBONES[backbone][0]}); e.g. {hint}")
     return layer

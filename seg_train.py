@@ -395,7 +395,6 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=Non
                       img_size=img_size, crop_size=crop_size, fit="letterbox", data=split.root, seed=seed,
                       val_fraction=val_fraction, loss=loss, repeat_factor=repeat_factor, devices=devices,
                       classes=list(CLASSES), val_ids=list(val_split.ids))
-        common.write_json(os.path.join(out, "config.json"), config)
         train_examples = common.load_examples(train_split) if common.cache_fits(split) else None
         val_examples = common.load_examples(val_split)
         train_ds = common.make_dataset(train_split, train_examples, img_size, batch_size, training=True, seed=seed,
@@ -413,15 +412,15 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=Non
             else:
                 model = build_transfer_unet(None, backbone, weights)
         backbone_model = common.backbone_of(model)  # None for the scratch U-Net
-        finetune_layer = common.finetune_start(backbone_model, backbone, finetune_from)
-        config["finetune_from"] = finetune_layer  # None: no backbone
+        resumed = common.read_json(os.path.join(out, "config.json")).get("finetune_from") if resume else None
+        config["finetune_from"] = common.finetune_start(backbone_model, backbone, finetune_from, resumed)
         common.write_json(os.path.join(out, "config.json"), config)
 
         # Training: compile and fit per stage, (first epoch, end epoch, learning rate, first
         # backbone layer to train): the decoder on the frozen backbone, then the backbone fine-tuned from
-        # finetune_layer (default its top stage)
+        # the layer in config["finetune_from"] (default its top stage)
         stages = [(0, epochs, lr, None)] if arch == "unet" else \
-            [(0, frozen_epochs, lr, None), (frozen_epochs, epochs, lr * finetune_lr_factor, finetune_layer)]
+            [(0, frozen_epochs, lr, None), (frozen_epochs, epochs, lr * finetune_lr_factor, config["finetune_from"])]
         # model.keras (best), last.keras (for --resume), state.json
         checkpoint = common.RunCheckpoint(out, "val_dice", state, checkpoint_every)
         timer = common.TimeLimit(time_limit)

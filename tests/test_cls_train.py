@@ -74,7 +74,20 @@ def test_transfer_run_freezes_backbone_statistics(demo_dir, tmp_path, monkeypatc
                     "block_6_expand": ("block_5_project", "block_6_project")}[first]
     assert not changed["Conv1"] and not changed[below]  # below the first fine-tuned layer
     if frozen == 0:  # every epoch fine-tuned, so the best model has changed layers from there up
-        assert changed[above] and changed["Conv_1"]
+        assert changed[first] and changed[above] and changed["Conv_1"]
+
+
+def test_finetune_start_checks_the_layer_and_keeps_a_resumed_runs():
+    backbone, _ = common.make_backbone("mobilenetv2", 64, "none")
+    assert common.finetune_start(backbone, "mobilenetv2") == "block_13_expand"  # the top stage
+    assert common.finetune_start(backbone, "mobilenetv2", "block_6_expand") == "block_6_expand"
+    assert common.finetune_start(None, "mobilenetv2", "block_6_expand") is None  # a scratch model
+    # --resume keeps the interrupted run's layer, and refuses another
+    assert common.finetune_start(backbone, "mobilenetv2", None, resumed="block_6_expand") == "block_6_expand"
+    with pytest.raises(common.UserError, match="the interrupted run fine-tunes from 'block_6_expand'"):
+        common.finetune_start(backbone, "mobilenetv2", "block_3_expand", resumed="block_6_expand")
+    with pytest.raises(common.UserError, match="'block_6' is not a layer of the mobilenetv2 backbone"):
+        common.finetune_start(backbone, "mobilenetv2", "block_6")
 
 
 @pytest.mark.slow

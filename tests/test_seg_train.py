@@ -74,18 +74,24 @@ def test_unet_run_and_original_size_predictions(demo_dir, tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
-def test_transfer_unet_keeps_encoder_statistics(demo_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("finetune_from", [None, "block_6_expand"])
+def test_transfer_unet_keeps_encoder_statistics(demo_dir, tmp_path, monkeypatch, finetune_from):
     weights = "imagenet" if HAVE_IMAGENET else "none"
     out = str(tmp_path / "run")
     initial = record_initial_backbone(monkeypatch, seg_train, "build_transfer_unet")  # what train() starts from
     # no warm-up: the best checkpoint is certainly from the fine-tuning stage
     model, _ = seg_train.train(data=demo_dir, arch="mobilenetv2_unet", out=out, img_size=64, epochs=2,
-                               frozen_epochs=0, batch_size=4, weights=weights, verbose=0)
+                               frozen_epochs=0, batch_size=4, weights=weights, finetune_from=finetune_from,
+                               verbose=0)
     check_run_folder(out, demo_dir)
+    first = finetune_from or "block_13_expand"  # the default: MobileNetV2's top stage
+    assert common.read_json(os.path.join(out, "config.json"))["finetune_from"] == first
     changed = changed_backbone_layers(initial, model)
     assert_batchnorm_unchanged(changed)
-    assert not changed["Conv1"] and not changed["block_12_project"]
-    assert changed["block_14_project"]
+    below, above = {"block_13_expand": ("block_12_project", "block_14_project"),
+                    "block_6_expand": ("block_5_project", "block_6_project")}[first]
+    assert not changed["Conv1"] and not changed[below]
+    assert changed[first] and changed[above]
 
 
 @pytest.mark.parametrize("kind", ["ce", "dice", "ce+dice"])
@@ -137,6 +143,11 @@ def test_bad_image_size(demo_dir, tmp_path, capsys):
         assert common.run_cli(seg_train.main, argv) == 2
         assert message in capsys.readouterr().err
         assert not os.path.exists(tmp_path / "r")
+    argv = ["--data", demo_dir, "--out", str(tmp_path / "r"), "--arch", "mobilenetv2_unet", "--img-size", "64",
+            "--weights", "none", "--finetune-from", "block_6"]
+    assert common.run_cli(seg_train.main, argv) == 2
+    assert "--finetune-from 'block_6' is not a layer of the mobilenetv2 backbone" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "r")
 
 
 def test_mask_dice_metric_matches_numpy():
