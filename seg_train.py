@@ -295,9 +295,8 @@ def seg_gallery(path, split, examples, pred_masks, per_image_dice, n=4):
 def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=None, epochs=None, frozen_epochs=None,
           batch_size=None, lr=None, finetune_lr_factor=0.25, finetune_from=None, lr_warmup=0, weights="imagenet",
           backbone="mobilenetv2", loss="ce+dice", val_fraction=0.2, repeat_factor=False, patience=12, time_limit=None,
-          width=16, seed=0,
-          resume=False, checkpoint_every=60.0, overwrite=False, strategy="auto", mixed_precision="auto", jit="auto",
-          verbose=None):
+          width=16, seed=0, resume=False, checkpoint_every=60.0, overwrite=False, strategy="auto",
+          mixed_precision="auto", jit="auto", verbose=None):
     """Train a 21-class segmenter (background + 20; void pixels ignored) and write its run folder `out`.
 
     data: dataset folder (competition or VOC devkit layout) with a mask for every training

@@ -108,6 +108,24 @@ def assert_batchnorm_unchanged(changed):
     assert bn and not any(changed[k] for k in bn), [k for k in bn if changed[k]]
 
 
+def check_fine_tuning(out, initial, net, finetune_from, trained=True):
+    """A MobileNetV2 transfer run in `out` (the backbone built with weights `initial`, trained into
+    `net`) recorded its first fine-tuned layer (finetune_from; None: the top stage) in config.json
+    and kept it: BatchNorm, Conv1 and the block below that layer never moved; with `trained`
+    (every epoch fine-tuned, so the best model is a fine-tuned one) the layer and the block above
+    it did. Returns {layer name: changed}."""
+    first = finetune_from or "block_13_expand"  # the default: MobileNetV2's top stage
+    assert common.read_json(os.path.join(out, "config.json"))["finetune_from"] == first
+    changed = changed_backbone_layers(initial, net)
+    assert_batchnorm_unchanged(changed)
+    below, above = {"block_13_expand": ("block_12_project", "block_14_project"),
+                    "block_6_expand": ("block_5_project", "block_6_project")}[first]
+    assert not changed["Conv1"] and not changed[below]
+    if trained:
+        assert changed[first] and changed[above]
+    return changed
+
+
 def write_voc(root, examples, test_examples=()):
     """Write (image, mask) pairs as a VOC devkit folder: JPEGs, palette PNG masks, ImageSets."""
     os.makedirs(os.path.join(root, "JPEGImages"))

@@ -7,8 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import (HAVE_IMAGENET, assert_batchnorm_unchanged, changed_backbone_layers, count_traces,
-                      record_initial_backbone)
+from conftest import HAVE_IMAGENET, check_fine_tuning, count_traces, record_initial_backbone
 
 import common
 import seg_train
@@ -84,14 +83,7 @@ def test_transfer_unet_keeps_encoder_statistics(demo_dir, tmp_path, monkeypatch,
                                frozen_epochs=0, batch_size=4, weights=weights, finetune_from=finetune_from,
                                verbose=0)
     check_run_folder(out, demo_dir)
-    first = finetune_from or "block_13_expand"  # the default: MobileNetV2's top stage
-    assert common.read_json(os.path.join(out, "config.json"))["finetune_from"] == first
-    changed = changed_backbone_layers(initial, model)
-    assert_batchnorm_unchanged(changed)
-    below, above = {"block_13_expand": ("block_12_project", "block_14_project"),
-                    "block_6_expand": ("block_5_project", "block_6_project")}[first]
-    assert not changed["Conv1"] and not changed[below]
-    assert changed[first] and changed[above]
+    check_fine_tuning(out, initial, model, finetune_from)
 
 
 @pytest.mark.parametrize("kind", ["ce", "dice", "ce+dice"])
