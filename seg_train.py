@@ -64,11 +64,15 @@ def build_unet(img_size=None, width=16):
     return keras.Model(inputs, head(x), name="unet")
 
 
-def build_transfer_unet(img_size=None, backbone="mobilenetv2", weights="imagenet", decoder=(128, 64, 48, 24)):
+def build_transfer_unet(img_size=None, backbone="mobilenetv2", weights="imagenet", decoder=(128, 64, 48, 24),
+                        global_context=False):
     """U-Net with an ImageNet encoder (BatchNorm always in inference mode; skips at strides 16, 8,
     4, 2) and a light decoder: the stride-32 features reduced by a 1x1 conv, then per skip a
     bilinear x2, the skip reduced by a 1x1 conv, and a separable 3x3 conv; logits at stride 2,
-    upsampled x2 to full size. 21 logits per pixel."""
+    upsampled x2 to full size. 21 logits per pixel.
+    global_context: also add to the reduced stride-32 features a 1x1 conv-BN-ReLU of their average
+    over the image (image pooling, DeepLabv3: Chen et al. 2017), so that every pixel's decision
+    sees what the whole image holds."""
     backbone_model, preprocess = common.make_backbone(backbone, img_size, weights)
     skip_names = common.BACKBONES[backbone][3]
     encoder = keras.Model(backbone_model.input,
@@ -76,8 +80,11 @@ def build_transfer_unet(img_size=None, backbone="mobilenetv2", weights="imagenet
                           name=f"{backbone}_encoder")
     inputs = keras.Input((img_size, img_size, 3), name="image")
     x = preprocess(inputs) if preprocess is not None else inputs
-    *skips, x = encoder(x, training=False)
-    x = common.conv_bn_relu(x, decoder[0], "reduce", kernel=1)
+    *skips, features = encoder(x, training=False)
+    x = common.conv_bn_relu(features, decoder[0], "reduce", kernel=1)
+    if global_context:
+        pooled = keras.layers.GlobalAveragePooling2D(keepdims=True, name="context_pool")(features)
+        x = keras.layers.Add(name="context_add")([x, common.conv_bn_relu(pooled, decoder[0], "context", kernel=1)])
     for k, filters in enumerate(decoder):
         level = len(decoder) - k
         skip = common.conv_bn_relu(skips[-1 - k], filters // 2, f"skip{level}", kernel=1)
@@ -294,9 +301,9 @@ def seg_gallery(path, split, examples, pred_masks, per_image_dice, n=4):
 
 def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=None, epochs=None, frozen_epochs=None,
           batch_size=None, lr=None, finetune_lr_factor=0.25, finetune_from=None, lr_warmup=0, weights="imagenet",
-          backbone="mobilenetv2", loss="ce+dice", val_fraction=0.2, repeat_factor=False, patience=12, time_limit=None,
-          width=16, seed=0, resume=False, checkpoint_every=60.0, overwrite=False, strategy="auto",
-          mixed_precision="auto", jit="auto", verbose=None):
+          backbone="mobilenetv2", global_context=False, loss="ce+dice", val_fraction=0.2, repeat_factor=False,
+          patience=12, time_limit=None, width=16, seed=0, resume=False, checkpoint_every=60.0, overwrite=False,
+          strategy="auto", mixed_precision="auto", jit="auto", verbose=None):
     """Train a 21-class segmenter (background + 20; void pixels ignored) and write its run folder `out`.
 
     data: dataset folder (competition or VOC devkit layout) with a mask for every training
@@ -329,6 +336,8 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=Non
         peaks below its lr (common.cosine; default 0, none).
     weights: transfer only: 'imagenet', 'none' (random init) or the path of a no-top .h5 file.
     backbone: transfer only: a name in common.BACKBONES (default 'mobilenetv2').
+    global_context: transfer only: the decoder also takes the stride-32 features averaged over
+        the image (image pooling; build_transfer_unet; default False).
     loss: 'ce', 'dice' or 'ce+dice' (SegLoss; default 'ce+dice').
     val_fraction: share of the labelled images held out for validation (default 0.2).
     repeat_factor: repeat-factor sampling: images of rare classes repeat within an epoch
@@ -359,9 +368,9 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=Non
     option, an lr_warmup that is not a whole number >= 0, a negative checkpoint_every, an img_size
     or crop_size that is not a positive multiple of 32, a crop_size above img_size, weights that
     cannot be loaded, data that is missing, unreadable, without masks or with fewer than 2 labelled
-    images, an existing `out` without resume or overwrite, resume without an interrupted run, or
-    training that ends with no epoch of finite loss; a run that fails before its first epoch leaves
-    no folder.
+    images, an existing `out` without resume or overwrite, resume without an interrupted run (or
+    with global_context where it had none), or training that ends with no epoch of finite loss; a
+    run that fails before its first epoch leaves no folder.
     """
     if arch not in SEG_DEFAULTS:
         raise common.UserError(f"unknown --arch {arch!r}; choose unet or mobilenetv2_unet")
@@ -392,7 +401,8 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=Non
         split, train_split, val_split = common.split_for_training(data, val_fraction, seed, masks=True)
         config = dict(task="segmentation", arch=arch, backbone=None if arch == "unet" else backbone,
                       img_size=img_size, crop_size=crop_size, fit="letterbox", data=split.root, seed=seed,
-                      val_fraction=val_fraction, loss=loss, repeat_factor=repeat_factor, devices=devices,
+                      global_context=global_context, val_fraction=val_fraction, loss=loss,
+                      repeat_factor=repeat_factor, devices=devices,
                       classes=list(CLASSES), val_ids=list(val_split.ids))
         train_examples = common.load_examples(train_split) if common.cache_fits(split) else None
         val_examples = common.load_examples(val_split)
@@ -409,10 +419,14 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=Non
             elif arch == "unet":
                 model = build_unet(None, width)
             else:
-                model = build_transfer_unet(None, backbone, weights)
+                model = build_transfer_unet(None, backbone, weights, global_context=global_context)
         backbone_model = common.backbone_of(model)  # None for the scratch U-Net
         resumed = common.read_json(os.path.join(out, "config.json")).get("finetune_from") if resume else None
         config["finetune_from"] = common.finetune_start(backbone_model, backbone, finetune_from, resumed)
+        if resume:  # the interrupted run's decoder stays
+            config["global_context"] = any(layer.name == "context_pool" for layer in model.layers)
+            if global_context and not config["global_context"]:
+                raise common.UserError("the interrupted run has no global context: resume it without --global-context")
         common.write_json(os.path.join(out, "config.json"), config)
 
         # Training: compile and fit per stage, (first epoch, end epoch, learning rate, first
@@ -505,6 +519,9 @@ def main(argv=None):
     p.add_argument("--weights", default="imagenet", help="backbone weights: imagenet, none or a .h5 path")
     p.add_argument("--backbone", default="mobilenetv2", choices=list(common.BACKBONES),
                    help="encoder of the transfer U-Net (default %(default)s)")
+    p.add_argument("--global-context", action="store_true",
+                   help="transfer: the decoder also takes the deepest features averaged over the image "
+                        "(image pooling, as in DeepLabv3)")
     p.add_argument("--loss", default="ce+dice", choices=["ce", "dice", "ce+dice"], help="default %(default)s")
     p.add_argument("--val-fraction", type=float, default=0.2, help="default %(default)s")
     p.add_argument("--repeat-factor-sampling", dest="repeat_factor", action="store_true",

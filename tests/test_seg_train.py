@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -84,6 +85,38 @@ def test_transfer_unet_keeps_encoder_statistics(demo_dir, tmp_path, monkeypatch,
                                verbose=0)
     check_run_folder(out, demo_dir)
     check_fine_tuning(out, initial, model, finetune_from)
+
+
+@pytest.mark.slow
+def test_global_context_runs_and_resumes(demo_dir, tmp_path):
+    """--global-context adds image pooling to the transfer U-Net: recorded in config.json, kept by
+    the saved model (any input size), kept by --resume, refused on resume of a run without it."""
+    def interrupt(out):  # a run folder as a kill after its first epoch leaves it
+        shutil.copy(os.path.join(out, "model.keras"), os.path.join(out, "last.keras"))
+        state = common.read_json(os.path.join(out, "state.json"))
+        common.write_json(os.path.join(out, "state.json"), dict(state, finished=False))
+
+    kwargs = dict(data=demo_dir, arch="mobilenetv2_unet", img_size=64, frozen_epochs=1, batch_size=4,
+                  weights="none", verbose=0)
+    with_context, without = str(tmp_path / "with"), str(tmp_path / "without")
+    seg_train.train(out=with_context, epochs=1, global_context=True, **kwargs)
+    check_run_folder(with_context, demo_dir)
+    model, config = common.load_run(with_context, "segmentation")
+    assert config["global_context"] is True
+    assert model.get_layer("context_pool") is not None
+    probs = next(seg_train.segment(model, [np.zeros((40, 100, 3), np.uint8)], 96))
+    assert probs.shape == seg_train.grid_size((40, 100), 96) + (21,)  # a non-square image, longer side 96
+    interrupt(with_context)
+    seg_train.train(out=with_context, epochs=2, resume=True, **kwargs)  # no flag: the run's decoder stays
+    assert common.read_json(os.path.join(with_context, "config.json"))["global_context"] is True
+    assert common.read_json(os.path.join(with_context, "state.json"))["epoch"] == 2
+    seg_train.train(out=without, epochs=1, **kwargs)
+    assert common.read_json(os.path.join(without, "config.json"))["global_context"] is False
+    with pytest.raises(ValueError):  # no such layer
+        common.load_run(without, "segmentation")[0].get_layer("context_pool")
+    interrupt(without)
+    with pytest.raises(common.UserError, match="has no global context"):
+        seg_train.train(out=without, epochs=2, resume=True, global_context=True, **kwargs)
 
 
 @pytest.mark.parametrize("kind", ["ce", "dice", "ce+dice"])
