@@ -194,7 +194,8 @@ def held_out_draw(proxy, seed, only, earlier, variant=None):
 VARIANTS = {"defaults": {}, "cls-decision thresholds": dict(cls_decision="thresholds"),
             "no fusion": dict(fuse_rules=()), "fusion drop,agree": dict(fuse_rules=("drop", "agree")),
             "fusion drop,add": dict(fuse_rules=("drop", "add")), "no TTA": dict(tta=()),
-            "TTA seg-flip,scales": dict(tta=("seg-flip", "scales")), "TTA flip (both tasks)": dict(tta=("flip",))}
+            "TTA seg-flip,scales": dict(tta=("seg-flip", "scales")), "TTA flip (both tasks)": dict(tta=("flip",)),
+            "no void band": dict(void_band_width=0)}
 
 
 def predict_variants(seed):

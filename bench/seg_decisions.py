@@ -11,9 +11,14 @@ held-out photos), on the validation split both runs held out and on the held-out
   probabilities);
 - void band r: argmax, then every pixel within r pixels (square window) of a different label set
   to background, since the competition's Dice counts a class predicted on the truth's void band
-  (VOC style, about 5 pixels wide at every object boundary) against the prediction.
+  (VOC style, about 5 pixels wide at every object boundary) against the prediction;
+- classifier weight a: argmax after each object class's probability is multiplied by the
+  classifier's probability of that class to the power a (background unchanged): a soft form of
+  predict.py's fusion, where `drop` removes a class below 0.05 and `agree` one the classifier's
+  labels leave out; a = 0 is argmax.
 
     KERAS_HOME=../shared/keras_home python bench/seg_decisions.py --seed 1
+    KERAS_HOME=../shared/keras_home python bench/seg_decisions.py --seed 1 --train seg_finetune_block_3_lr_0.1
 
 Writes bench/results/seg_decisions.json (one entry per draw) and prints a table.
 """
@@ -23,7 +28,6 @@ import os
 import sys
 
 import numpy as np
-from PIL import Image, ImageFilter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -37,6 +41,7 @@ import tensorflow as tf  # noqa: E402
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
 BANDS = (1, 2, 3)
+CLASSIFIER_WEIGHTS = (0.25, 0.5, 1.0, 2.0)
 
 
 def truth_masks(data_split, split, solution):
@@ -54,16 +59,9 @@ def truth_masks(data_split, split, solution):
     return masks
 
 
-def void_band(mask, r):
-    """mask with every pixel within r pixels (square window) of another label set to background."""
-    im = Image.fromarray(mask)
-    highest, lowest = (np.array(im.filter(f(2 * r + 1))) for f in (ImageFilter.MaxFilter, ImageFilter.MinFilter))
-    near_other = highest != lowest
-    return np.where(near_other, 0, mask).astype(np.uint8)
-
-
-def decisions(probs):
-    """{rule name: label map} for one image's probabilities (H, W, 21) at its original size."""
+def decisions(probs, cls_probs):
+    """{rule name: label map} for one image's probabilities (H, W, 21) at its original size and its
+    classifier probabilities (20,)."""
     objects = probs[..., 1:]
     best, p_best = objects.argmax(-1) + 1, objects.max(-1)
     argmax = probs.argmax(-1).astype(np.uint8)
@@ -74,7 +72,9 @@ def decisions(probs):
     expected = 2 * np.cumsum(ranked) / (np.arange(1, ranked.size + 1) + objects.sum())
     out["plug-in"] = np.where(p_best >= ranked[expected.argmax()], best, 0).astype(np.uint8)
     for r in BANDS:
-        out[f"void band {r}"] = void_band(argmax, r)
+        out[f"void band {r}"] = predict.void_band(argmax, r)
+    for a in CLASSIFIER_WEIGHTS:
+        out[f"classifier weight {a:g}"] = (probs * np.concatenate([[1.0], cls_probs ** a])).argmax(-1).astype(np.uint8)
     return out
 
 
@@ -92,7 +92,7 @@ def score_split(root, split):
     for i, p in enumerate(seg_probs):
         allowed = np.concatenate([[True], cls_probs[i] >= 0.05])  # predict.py's default fusion, `drop`
         up = tf.image.resize(np.where(allowed, p, 0).astype(np.float32), truth[i].shape).numpy()
-        for name, mask in decisions(up).items():
+        for name, mask in decisions(up, cls_probs[i]).items():
             dice.setdefault(name, []).append(common.segmentation_dice(mask, truth[i]))
     return {name: float(np.mean(v)) for name, v in dice.items()}
 
@@ -100,11 +100,14 @@ def score_split(root, split):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=1, help="the held-out draw (default %(default)s)")
+    p.add_argument("--train", choices=[k for k, (task, _) in holdout_proxy.TRAIN_VARIANTS.items() if task == "seg"],
+                   help="the draw of this segmenter change of holdout_proxy.py instead of the plain draw")
     args = p.parse_args()
-    root = holdout_proxy.draw_root(args.seed)
+    root = holdout_proxy.draw_root(args.seed, args.train)
     path = os.path.join(HERE, "results", "seg_decisions.json")
     results = common.read_json(path) if os.path.isfile(path) else {}
-    results[holdout_proxy.draw_key(args.seed)] = {split: score_split(root, split) for split in ("val", "test")}
+    results[holdout_proxy.draw_key(args.seed, args.train)] = {split: score_split(root, split)
+                                                              for split in ("val", "test")}
     common.write_json(path, results)
     print("\n| draw | rule | validation | held-out photos |\n|---|---|---|---|")
     for draw, r in results.items():

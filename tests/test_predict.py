@@ -104,8 +104,11 @@ def test_cls_decision_chooses_how_probabilities_become_labels(demo_dir, tiny_run
         info = json.load(open(os.path.join(out, "predictions.json")))
         assert info["cls_decision"] == ("expected-dice" if labels == both else "thresholds")
         assert all(v["labels"] == labels for v in info["images"].values())
+        assert info["void_band"] == 1  # the default
     with pytest.raises(common.UserError, match="unknown --cls-decision"):
         predict.run(demo_dir, cls_run, tiny_runs[1], str(tmp_path / "x"), cls_decision="top1")
+    with pytest.raises(common.UserError, match="--void-band must be 0 or more"):
+        predict.run(demo_dir, cls_run, tiny_runs[1], str(tmp_path / "x"), void_band_width=-1)
 
 
 def test_fusion_rules():
@@ -133,6 +136,27 @@ def test_fusion_rules():
     labels, mask = predict.fuse(cls, cls_labels, seg, size=(30, 20))
     assert mask.shape == (30, 20) and mask.dtype == np.uint8
     assert (mask[:12, :8] == 3).all() and (mask[15:24, 10:16] == 0).all() and mask[29, 19] == 7
+
+
+def test_void_band_known_answers():
+    mask = np.zeros((10, 10), np.uint8)
+    mask[2:7, 2:7] = 3                                       # a 5x5 square of class 3 on background
+    mask[2:7, 7:9] = 5                                       # touching a 5x2 strip of class 5
+    assert predict.void_band(mask, 0) is mask
+    banded = predict.void_band(mask, 1)
+    expected = np.zeros((10, 10), np.uint8)
+    expected[3:6, 3:6] = 3                                   # the square's interior, 1 px from any other label
+    np.testing.assert_array_equal(banded, expected)          # the strip is 2 px wide: no pixel 2 px from the rest
+    assert list(zip(*np.nonzero(predict.void_band(mask, 2)))) == [(4, 4)]  # only the centre of the square stays
+    np.testing.assert_array_equal(predict.void_band(np.full((4, 6), 7, np.uint8), 3), 7)  # one label: unchanged
+    # fuse applies it last, to the final mask
+    seg = np.zeros((10, 10, 21))
+    seg[..., 0] = 0.5
+    seg[2:7, 2:7, 3] = 0.9
+    cls = np.zeros(20)
+    _, plain = predict.fuse(cls, np.zeros(20, int), seg)
+    _, banded = predict.fuse(cls, np.zeros(20, int), seg, band=1)
+    assert (plain == 3).sum() == 25 and (banded == 3).sum() == 9
 
 
 def test_label_map_resizes_then_takes_the_allowed_argmax():
