@@ -23,7 +23,8 @@ small lowered it):
   agree  keep in the mask only the classes of the final label set
 The final mask's pixels within --void-band pixels (default 1) of another label become background:
 VOC's truth marks object boundaries void, which the competition's Dice reads as background (on
-held-out proxy photos +0.005-0.006 segmentation Dice with each of three segmenters).
+held-out proxy photos +0.005-0.006 segmentation Dice with three trained segmenters). The areas in
+predictions.json are those of the final mask.
 The run folder gets submission.csv (validated, written atomically), predictions.json (the
 decision rule used, labels and class areas per image), gallery.png, and scores.json with --score.
 """
@@ -48,10 +49,10 @@ TTA = ("seg-flip", "cls-flip", "flip", "scales")
 
 
 def void_band(mask, width):
-    """A label map (H, W) uint8 with every pixel within `width` pixels (square window) of a
-    different label set to background (0); width 0 returns it unchanged. VOC's truth marks a
-    band of about 5 pixels at every object boundary void, and the competition's Dice reads void
-    as background, so an object label predicted there only costs."""
+    """The label map `mask` (H, W) uint8 with every pixel within `width` pixels (an int; square
+    window) of a different label set to background (0); width <= 0 returns it unchanged. VOC's
+    truth marks a band of about 5 pixels at every object boundary void, and the competition's
+    Dice reads void as background, so an object label predicted there only costs."""
     if width <= 0:
         return mask
     im = Image.fromarray(mask)
@@ -65,7 +66,8 @@ def fuse(cls_probs, cls_labels, seg_probs, rules=(), drop_below=0.05, add_area=0
     """One image's final (labels (20,) int8, label map (H, W) uint8) from classifier
     probabilities (20,), the classifier's decided labels (20,) 0/1 and segmenter probabilities
     (h, w, 21) (resized to size=(H, W), default their own size), applying the chosen rules, then
-    void_band(mask, band) (default 0: none) to the final mask (the labels and rules see it before).
+    void_band(mask, band) (default 0: none) to the final mask (the rules and labels see the mask
+    before it).
     Raises common.UserError when cls_labels are not 20 values of 0 or 1."""
     allowed = np.ones(NUM_CLASSES + 1, bool)
     if "drop" in rules:
@@ -121,15 +123,16 @@ def run(data=None, cls="runs/cls", seg="runs/seg", out="runs/predict", split="te
         not calibrated (asl on held-out proxy photos: expected-dice 0.774, thresholds 0.822; focal
         not measured); the rule used is printed and recorded in predictions.json.
     void_band_width: pixels of the final mask within this many pixels of another label become
-        background (void_band; default 1, 0: off): on held-out proxy photos it raised the
-        segmentation half by 0.005-0.006 with each of three segmenters, and on their validation
-        splits by 0.004-0.008 (README, Results; bench/seg_decisions.py).
+        background (void_band; a whole number, default 1, 0: off): on held-out proxy photos it
+        raised the segmentation half by 0.005-0.006 with three trained segmenters (two
+        configurations), and on their validation splits by 0.004-0.008 (README, Results;
+        bench/seg_decisions.py). predictions.json's mask_area is of the final mask.
 
     Returns (scores, path): scores is common.score_submission's dict ('classification',
     'segmentation' and 'score': mean Dice over each half's rows and over all rows; 'images'), or
     None without score; path is out/submission.csv.
-    Raises common.UserError for an unknown fuse rule, TTA item or cls_decision, a negative
-    void_band_width, a run folder that is not a
+    Raises common.UserError for an unknown fuse rule, TTA item or cls_decision, a void_band_width
+    that is not a whole number >= 0, a run folder that is not a
     finished run of its task, a split other than test or val, a split without images, runs that
     share no validation images, an existing `out` without overwrite, or score on a test split
     without labels and no truth. A failure once submission.csv is complete (re-reading it,
@@ -142,8 +145,8 @@ def run(data=None, cls="runs/cls", seg="runs/seg", out="runs/predict", split="te
         raise common.UserError(f"unknown --tta item {sorted(set(tta) - set(TTA))[0]!r}; use {', '.join(TTA)}")
     if cls_decision not in CLS_DECISIONS:
         raise common.UserError(f"unknown --cls-decision {cls_decision!r}; choose from {', '.join(CLS_DECISIONS)}")
-    if void_band_width < 0:
-        raise common.UserError(f"--void-band must be 0 or more pixels, not {void_band_width}")
+    if isinstance(void_band_width, bool) or not isinstance(void_band_width, (int, np.integer)) or void_band_width < 0:
+        raise common.UserError(f"--void-band must be a whole number of pixels, 0 or more, not {void_band_width!r}")
     cls_flip = "flip" in tta or "cls-flip" in tta
     seg_flip = "flip" in tta or "seg-flip" in tta
     cls_model, cls_config, thresholds = cls_train.load_classifier(cls)

@@ -365,15 +365,18 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=Non
     ...) to its per-epoch values for the epochs this call ran. Also writes metrics.json (at
     original resolution), log.csv, curves.png, gallery.png, config.json.
     Raises common.UserError for an unknown arch, loss, backbone, finetune_from layer or device
-    option, an lr_warmup that is not a whole number >= 0, a negative checkpoint_every, an img_size
-    or crop_size that is not a positive multiple of 32, a crop_size above img_size, weights that
-    cannot be loaded, data that is missing, unreadable, without masks or with fewer than 2 labelled
-    images, an existing `out` without resume or overwrite, resume without an interrupted run (or
-    with global_context where it had none), or training that ends with no epoch of finite loss; a
-    run that fails before its first epoch leaves no folder.
+    option, global_context with arch 'unet', an lr_warmup that is not a whole number >= 0, a
+    negative checkpoint_every, an img_size or crop_size that is not a positive multiple of 32, a
+    crop_size above img_size, weights that cannot be loaded, data that is missing, unreadable,
+    without masks or with fewer than 2 labelled images, an existing `out` without resume or
+    overwrite, resume without an interrupted run (or with global_context where it had none), or
+    training that ends with no epoch of finite loss; a run that fails before its first epoch leaves
+    no folder.
     """
     if arch not in SEG_DEFAULTS:
         raise common.UserError(f"unknown --arch {arch!r}; choose unet or mobilenetv2_unet")
+    if global_context and arch == "unet":
+        raise common.UserError("--global-context is for the transfer U-Net (--arch mobilenetv2_unet)")
     if loss not in ("ce", "dice", "ce+dice"):
         raise common.UserError(f"unknown --loss {loss!r}; choose ce, dice or ce+dice")
     lr_warmup = common.warmup_epochs(lr_warmup)

@@ -14,7 +14,7 @@ competition's rule, beside the estimates the runs report on their validation spl
 
 `--train NAME` trains with one change of TRAIN_VARIANTS instead (run folder and results key
 seed<N>_<NAME>; a segmenter change reuses the draw's classifier) and the report pairs it with
-the draws of the bench's current arguments on the same seeds (`current_draws`). Each draw trains
+its baseline's draws (BASELINES) on the same seeds, scored with the same void band. Each draw trains
 under the bench's time limits (classifier 30 min, finished in about 4 here; segmenter 58 min).
 The held-out photos are given to predict.py as the test split of a derived VOC-layout folder
 (runs/bench_holdout_seed<N>/data: links to the proxy's files, masks only for the training part,
@@ -23,7 +23,7 @@ and bench/results/holdout_proxy.json (one entry per draw), and prints a table.
 """
 
 import argparse
-import json
+import inspect
 import os
 import shutil
 import sys
@@ -70,9 +70,23 @@ TRAIN_VARIANTS = {"asl": ("cls", dict(loss="asl")), "focal": ("cls", dict(loss="
                   "val_0.05": ("cls", dict(val_fraction=0.05)),
                   "seg_val_0.05": ("seg", dict(img_size=384, crop_size=256, finetune_from="block_3_expand",
                                                finetune_lr_factor=0.1, val_fraction=0.05)),
+                  # no change: the bench's segmenter of 2026-12-02 retrained, a control for changes measured on
+                  # another CPU than their baseline (the same arguments move held-out numbers by up to 0.02 there)
+                  "seg_control": ("seg", dict(img_size=384, crop_size=256, finetune_from="block_3_expand",
+                                              finetune_lr_factor=0.1)),
                   # image pooling (DeepLabv3) added to the decoder's deepest features: the whole image's content
                   "seg_global_context": ("seg", dict(img_size=384, crop_size=256, finetune_from="block_3_expand",
                                                      finetune_lr_factor=0.1, global_context=True))}
+
+
+# what each training change is compared with: the variant whose arguments it changes ('' the plain draws;
+# unlisted: '')
+BASELINES = {"seg_crop_256": "seg_img_384", "seg_img_448_crop_256": "seg_crop_256",
+             "seg_finetune_block_3": "seg_crop_256", "seg_finetune_block_3_lr_0.1": "seg_crop_256",
+             "seg_top_stage_lr_0.1": "seg_crop_256", "seg_val_0.05": "seg_finetune_block_3_lr_0.1",
+             "seg_global_context": "seg_finetune_block_3_lr_0.1", "seg_control": "seg_finetune_block_3_lr_0.1"}
+# predict.py's void band when a result was scored (absent: 0, the results from before it existed)
+VOID_BAND = inspect.signature(predict.run).parameters["void_band_width"].default
 
 
 def draw_key(seed, variant=None):
@@ -184,7 +198,7 @@ def held_out_draw(proxy, seed, only, earlier, variant=None):
         val_dice_expected_dice=val_expected, held_out_dice_alone=alone,
         held_out_dice_alone_expected_dice=alone_expected)
     if only != "cls":  # the product's numbers: predict.py with its defaults, on val and on the held-out photos
-        result.update(predict_scores(root, "defaults"))
+        result.update(predict_scores(root, "defaults"), void_band=VOID_BAND)
     result["wall_minutes"] = round((time.time() - t) / 60, 1)
     return result
 
@@ -207,20 +221,6 @@ def predict_variants(seed):
         out[name] = predict_scores(draw_root(seed), "variant", **options)
         print(f"{name}: " + "; ".join(f"{k} {v['classification']:.3f} / {v['segmentation']:.3f} / {v['score']:.3f}"
                                       for k, v in out[name].items()), flush=True)
-    return out
-
-
-def current_draws(results, task, exclude=None):
-    """{seed: result} of the saved draws whose `task` runs used the bench's current arguments for it
-    (train_proxy.RUNS), the plain draw first, skipping the training variant `exclude`: the pairs a
-    training change is compared with, whichever entry holds them (a segmenter variant adopted as the
-    bench's arguments is the segmenter baseline from then on)."""
-    current = json.loads(json.dumps(train_proxy.RUNS[BENCH_RUNS[task]][1]))  # as the results store it
-    out = {}
-    for r in sorted(results.values(), key=lambda r: r.get("train_variant") is not None):
-        if (r.get(f"{task}_arguments") == current and r.get("train_variant") != exclude
-                and (task == "cls" or "held_out" in r)):
-            out.setdefault(r["holdout_seed"], r)
     return out
 
 
@@ -297,25 +297,29 @@ def main():
                   f"{mean['held_out_dice_alone']:.3f}")
         else:  # a segmenter change: the classifier is the plain draw's
             print(f"\n{variant}: {len(draws)} draws")
-        if variant:  # paired with the draws of the bench's current arguments on the same seeds
-            base = current_draws(results, task, variant)
+        if variant:  # paired with its baseline's draws of the same seeds, scored with the same void band
+            base = by_variant.get(BASELINES.get(variant, ""), {})
             if task == "cls":  # the plain draws predate the expected-Dice rule: their pairs use the tuned thresholds
-                scores = {"classifier alone, tuned thresholds": ("classification", "held_out_dice_alone"),
-                          "classifier alone, expected-Dice rule": ("classification",
-                                                                   "held_out_dice_alone_expected_dice")}
+                scores = {"classifier alone, tuned thresholds": lambda r: r["classification"].get(
+                    "held_out_dice_alone"),
+                    "classifier alone, expected-Dice rule": lambda r: r["classification"].get(
+                        "held_out_dice_alone_expected_dice")}
             else:
-                scores = {"segmentation": ("held_out", "segmentation")}
+                band = draws[next(iter(draws))].get("void_band", 0)
+                scores = {f"segmentation (void band {band})": lambda r, band=band: (
+                    r["held_out"] if r.get("void_band", 0) == band else r.get(f"held_out_void_band_{band}", {})
+                ).get("segmentation")}
             paired = False
-            for what, (part, key) in scores.items():
-                pairs = [(base[s][part][key], r[part][key]) for s, r in draws.items()
-                         if s in base and key in base[s][part] and key in r[part]]
+            for what, score in scores.items():
+                pairs = [(score(base[s]), score(r)) for s, r in draws.items()
+                         if s in base and None not in (score(base[s]), score(r))]
                 if pairs:
                     paired = True
-                    print(f"  held-out {what} against the bench's current arguments on the same {len(pairs)} "
-                          f"draws: {sum(b - a for a, b in pairs) / len(pairs):+.3f} "
+                    print(f"  held-out {what} against {BASELINES.get(variant) or 'the plain draws'} on the same "
+                          f"{len(pairs)} draws: {sum(b - a for a, b in pairs) / len(pairs):+.3f} "
                           f"({', '.join(f'{a:.3f} -> {b:.3f}' for a, b in pairs)})")
             if not paired:
-                print(f"  no other draw of the bench's current {task} arguments to pair {variant} with")
+                print(f"  no draw of {BASELINES.get(variant) or 'the plain draws'} to pair {variant} with")
 
 if __name__ == "__main__":
     main()

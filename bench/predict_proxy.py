@@ -6,8 +6,10 @@ a submission.csv for the proxy's test images with the chosen settings.
         --cls runs/bench_cls_mobilenetv2 --seg runs/bench_seg_mobilenetv2_unet
 
 The probabilities are computed once per TTA setting and every fusion rule is applied to the same
-probabilities, so the rows differ only by the rule. Writes runs/bench_predict/ (submissions,
-scores) and bench/results/predict_proxy.json, and prints a table.
+probabilities, so the rows differ only by the rule. The rows have no void band (predict.fuse's
+default; predict.py's --void-band came later); the test submission uses predict.py's defaults.
+Writes runs/bench_predict/ (submissions, scores) and bench/results/predict_proxy.json, and prints
+a table.
 """
 
 import argparse

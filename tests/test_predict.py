@@ -88,6 +88,9 @@ def test_run_folders_written_before_the_renames_still_load(demo_dir, tiny_runs, 
 
 
 def test_cls_decision_chooses_how_probabilities_become_labels(demo_dir, tiny_runs, tmp_path, monkeypatch):
+    widths = []  # the void band each mask gets
+    band = predict.void_band
+    monkeypatch.setattr(predict, "void_band", lambda mask, width: widths.append(width) or band(mask, width))
     cls_run = str(tmp_path / "cls")  # the tiny classifier with every threshold at 0.5
     shutil.copytree(tiny_runs[0], cls_run)
     common.write_json(os.path.join(cls_run, "thresholds.json"), {"thresholds": [0.5] * 20})
@@ -104,11 +107,13 @@ def test_cls_decision_chooses_how_probabilities_become_labels(demo_dir, tiny_run
         info = json.load(open(os.path.join(out, "predictions.json")))
         assert info["cls_decision"] == ("expected-dice" if labels == both else "thresholds")
         assert all(v["labels"] == labels for v in info["images"].values())
-        assert info["void_band"] == 1  # the default
+        assert info["void_band"] == 1 and set(widths) == {1}  # the default, given to every mask
+        widths.clear()
     with pytest.raises(common.UserError, match="unknown --cls-decision"):
         predict.run(demo_dir, cls_run, tiny_runs[1], str(tmp_path / "x"), cls_decision="top1")
-    with pytest.raises(common.UserError, match="--void-band must be 0 or more"):
-        predict.run(demo_dir, cls_run, tiny_runs[1], str(tmp_path / "x"), void_band_width=-1)
+    for width in (-1, 1.5):
+        with pytest.raises(common.UserError, match="--void-band must be a whole number"):
+            predict.run(demo_dir, cls_run, tiny_runs[1], str(tmp_path / "x"), void_band_width=width)
 
 
 def test_fusion_rules():
@@ -149,14 +154,14 @@ def test_void_band_known_answers():
     np.testing.assert_array_equal(banded, expected)          # the strip is 2 px wide: no pixel 2 px from the rest
     assert list(zip(*np.nonzero(predict.void_band(mask, 2)))) == [(4, 4)]  # only the centre of the square stays
     np.testing.assert_array_equal(predict.void_band(np.full((4, 6), 7, np.uint8), 3), 7)  # one label: unchanged
-    # fuse applies it last, to the final mask
+    # fuse applies it last: the add rule still sees the class's 25% of the image, the mask keeps 9%
     seg = np.zeros((10, 10, 21))
     seg[..., 0] = 0.5
     seg[2:7, 2:7, 3] = 0.9
     cls = np.zeros(20)
     _, plain = predict.fuse(cls, np.zeros(20, int), seg)
-    _, banded = predict.fuse(cls, np.zeros(20, int), seg, band=1)
-    assert (plain == 3).sum() == 25 and (banded == 3).sum() == 9
+    labels, banded = predict.fuse(cls, np.zeros(20, int), seg, ("add",), add_area=0.2, band=1)
+    assert (plain == 3).sum() == 25 and (banded == 3).sum() == 9 and labels[2] == 1
 
 
 def test_label_map_resizes_then_takes_the_allowed_argmax():

@@ -117,6 +117,9 @@ def test_global_context_runs_and_resumes(demo_dir, tmp_path):
     interrupt(without)
     with pytest.raises(common.UserError, match="has no global context"):
         seg_train.train(out=without, epochs=2, resume=True, global_context=True, **kwargs)
+    with pytest.raises(common.UserError, match="--global-context is for the transfer U-Net"):
+        seg_train.train(data=demo_dir, arch="unet", out=str(tmp_path / "scratch"), global_context=True)
+    assert not os.path.exists(tmp_path / "scratch")
 
 
 @pytest.mark.parametrize("kind", ["ce", "dice", "ce+dice"])
