@@ -581,13 +581,33 @@ def colour_jitter(images, seed):
     return tf.where(pad, images, tf.clip_by_value(x, 0.0, 255.0))
 
 
+def copy_paste_batch(images, masks, seed, probability=0.5):
+    """Copy-paste augmentation (Ghiasi et al., 2021, "Simple Copy-Paste is a Strong Data
+    Augmentation Method for Instance Segmentation") on a batch of training crops: with
+    `probability`, drawn per image, image i receives the object pixels (classes 1-20) of image
+    i-1 of the batch (the last image's for the first), with their labels, on top of its own scene.
+    Each crop was rescaled, cropped and flipped on its own (augment), so objects arrive at new
+    places and scales and among other objects: more cluttered scenes than the photos hold.
+
+    images: (B, S, S, 3) float32; masks: (B, S, S) int32, 255 = void; seed: a stateless seed (2,).
+    Returns (images, masks) of the same shapes and dtypes; the donors' void and background pixels
+    are not pasted, so an image that receives nothing is returned unchanged."""
+    take = tf.random.stateless_uniform([tf.shape(masks)[0], 1, 1], seed) < probability
+    donor_images, donor_masks = tf.roll(images, 1, axis=0), tf.roll(masks, 1, axis=0)
+    paste = take & (donor_masks >= 1) & (donor_masks <= NUM_CLASSES)
+    return tf.where(paste[..., None], donor_images, images), tf.where(paste, donor_masks, masks)
+
+
 def make_dataset(split, examples, size, batch_size, training=False, seed=0, target="labels",
-                 scale=(0.75, 1.25), fit="letterbox", flip=True, jitter=True, repeat=False, repeats=None, crop=None):
+                 scale=(0.75, 1.25), fit="letterbox", flip=True, jitter=True, repeat=False, repeats=None, crop=None,
+                 copy_paste=0.0):
     """tf.data pipeline over decoded uint8 examples (from load_examples, same order as split),
     or, with examples=None (data too large to cache), decoding from disk every epoch.
     repeats: per-example counts an epoch (seg_train.repeat_factors); default once each.
     crop: training only: side of the random crops, from images rescaled around a longer side of
     `size` (augment); default `size`.
+    copy_paste: training with target 'mask' only: the probability that an image receives the
+    objects of another image of its batch (copy_paste_batch, after the colour jitter; default 0).
 
     Yields (images float32 [0,255] of shape (B,S,S,3), target) with S = crop when training with a
     crop, else size, and target: 'labels' -> (B,20) float32, 'mask' -> (B,S,S) int32 with 255 = void,
@@ -641,6 +661,12 @@ def make_dataset(split, examples, size, batch_size, training=False, seed=0, targ
     if training and jitter:
         batch_seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((ds, batch_seeds)).map(lambda xy, s: (colour_jitter(xy[0], s), xy[1]),
+                                                       num_parallel_calls=tf.data.AUTOTUNE)
+    if training and copy_paste > 0:
+        if target != "mask":
+            raise ValueError("copy-paste augmentation needs target 'mask'")
+        paste_seeds = tf.data.Dataset.random(seed=seed + 2, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip((ds, paste_seeds)).map(lambda xy, s: copy_paste_batch(xy[0], xy[1], s, copy_paste),
                                                        num_parallel_calls=tf.data.AUTOTUNE)
     return without_autotune(ds.prefetch(tf.data.AUTOTUNE))
 

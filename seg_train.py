@@ -302,8 +302,8 @@ def seg_gallery(path, split, examples, pred_masks, per_image_dice, n=4):
 def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=None, epochs=None, frozen_epochs=None,
           batch_size=None, lr=None, finetune_lr_factor=0.25, finetune_from=None, lr_warmup=0, weights="imagenet",
           backbone="mobilenetv2", global_context=False, loss="ce+dice", val_fraction=0.2, repeat_factor=False,
-          patience=12, time_limit=None, width=16, seed=0, resume=False, checkpoint_every=60.0, overwrite=False,
-          strategy="auto", mixed_precision="auto", jit="auto", verbose=None):
+          copy_paste=0.0, patience=12, time_limit=None, width=16, seed=0, resume=False, checkpoint_every=60.0,
+          overwrite=False, strategy="auto", mixed_precision="auto", jit="auto", verbose=None):
     """Train a 21-class segmenter (background + 20; void pixels ignored) and write its run folder `out`.
 
     data: dataset folder (competition or VOC devkit layout) with a mask for every training
@@ -342,6 +342,9 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=Non
     val_fraction: share of the labelled images held out for validation (default 0.2).
     repeat_factor: repeat-factor sampling: images of rare classes repeat within an epoch
         (repeat_factors; default False).
+    copy_paste: copy-paste augmentation: the probability in [0, 1] that a training crop receives
+        the objects (with their labels) of another crop of its batch (common.copy_paste_batch;
+        default 0, never).
     patience: early stopping on validation Dice, in epochs, per stage (default 12).
     time_limit: minutes (default None: no limit); from the epochs' pace, the last stage is
         shortened to the epochs that fit, so its cosine schedule still decays fully (the frozen
@@ -365,11 +368,11 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=Non
     ...) to its per-epoch values for the epochs this call ran. Also writes metrics.json (at
     original resolution), log.csv, curves.png, gallery.png, config.json.
     Raises common.UserError for an unknown arch, loss, backbone, finetune_from layer or device
-    option, global_context with arch 'unet', an lr_warmup that is not a whole number >= 0, a
-    negative checkpoint_every, an img_size or crop_size that is not a positive multiple of 32, a
-    crop_size above img_size, weights that cannot be loaded, data that is missing, unreadable,
-    without masks or with fewer than 2 labelled images, an existing `out` without resume or
-    overwrite, resume without an interrupted run (or with global_context where it had none), or
+    option, global_context with arch 'unet', a copy_paste outside [0, 1], an lr_warmup that is
+    not a whole number >= 0, a negative checkpoint_every, an img_size or crop_size that is not a
+    positive multiple of 32, a crop_size above img_size, weights that cannot be loaded, data that
+    is missing, unreadable, without masks or with fewer than 2 labelled images, an existing `out`
+    without resume or overwrite, resume without an interrupted run (or with global_context where it had none), or
     training that ends with no epoch of finite loss; a run that fails before its first epoch leaves
     no folder.
     """
@@ -379,6 +382,8 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=Non
         raise common.UserError("--global-context is for the transfer U-Net (--arch mobilenetv2_unet)")
     if loss not in ("ce", "dice", "ce+dice"):
         raise common.UserError(f"unknown --loss {loss!r}; choose ce, dice or ce+dice")
+    if not 0 <= copy_paste <= 1:
+        raise common.UserError(f"--copy-paste is a probability in [0, 1], not {copy_paste}")
     lr_warmup = common.warmup_epochs(lr_warmup)
     checkpoint_every = common.checkpoint_interval(checkpoint_every)
     d = SEG_DEFAULTS[arch]
@@ -405,12 +410,12 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=Non
         config = dict(task="segmentation", arch=arch, backbone=None if arch == "unet" else backbone,
                       img_size=img_size, crop_size=crop_size, fit="letterbox", data=split.root, seed=seed,
                       global_context=global_context, val_fraction=val_fraction, loss=loss,
-                      repeat_factor=repeat_factor, devices=devices,
+                      repeat_factor=repeat_factor, copy_paste=copy_paste, devices=devices,
                       classes=list(CLASSES), val_ids=list(val_split.ids))
         train_examples = common.load_examples(train_split) if common.cache_fits(split) else None
         val_examples = common.load_examples(val_split)
         train_ds = common.make_dataset(train_split, train_examples, img_size, batch_size, training=True, seed=seed,
-                                       target="mask", scale=(0.5, 1.5), crop=crop_size,
+                                       target="mask", scale=(0.5, 1.5), crop=crop_size, copy_paste=copy_paste,
                                        repeats=repeat_factors(train_split.labels) if repeat_factor else None)
         val_ds = common.make_dataset(val_split, val_examples, img_size, batch_size, target="mask")
 
@@ -529,6 +534,9 @@ def main(argv=None):
     p.add_argument("--val-fraction", type=float, default=0.2, help="default %(default)s")
     p.add_argument("--repeat-factor-sampling", dest="repeat_factor", action="store_true",
                    help="repeat images of rare classes within an epoch (repeat-factor sampling)")
+    p.add_argument("--copy-paste", type=float, default=0.0, metavar="P",
+                   help="copy-paste augmentation: probability that a training crop receives the objects of "
+                        "another crop of its batch (default %(default)g)")
     p.add_argument("--patience", type=int, default=12, help="early-stopping patience in epochs (default %(default)s)")
     p.add_argument("--time-limit", type=float, help="stop training after this many minutes")
     p.add_argument("--width", type=int, default=16, help="U-Net: filters at full resolution (default %(default)s)")

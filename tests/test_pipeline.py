@@ -149,6 +149,47 @@ def test_colour_jitter_changes_images_not_padding():
     np.testing.assert_array_equal(jittered, again)  # deterministic for a seed
 
 
+def test_copy_paste_moves_objects_with_their_labels():
+    """Known answer: image 0 receives image 2's objects (the batch rolled by one), image 1 image 0's
+    and image 2 image 1's; only object pixels (1-20) move, never background or void."""
+    masks = np.zeros((3, 4, 4), np.int32)
+    masks[0, 0, :2] = 5
+    masks[0, 3, 3] = common.VOID
+    masks[2, 1:3, 1:3] = 20
+    masks[2, 0, 0] = common.VOID
+    images = np.stack([np.full((4, 4, 3), v, np.float32) for v in (10, 20, 30)])
+    seed = tf.constant([1, 2], tf.int64)
+    x, m = (t.numpy() for t in common.copy_paste_batch(tf.constant(images), tf.constant(masks), seed, 1.0))
+    want = masks.copy()
+    want[0, 1:3, 1:3] = 20  # from image 2; its void pixel stays behind
+    want[1, 0, :2] = 5  # from image 0
+    np.testing.assert_array_equal(m, want)  # image 2 receives nothing from image 1 (all background)
+    np.testing.assert_array_equal(x[0, 1:3, 1:3], 30)
+    np.testing.assert_array_equal(x[1, 0, :2], 10)
+    changed = (x != images).any(axis=-1)
+    assert changed.sum() == 4 + 2  # no other pixel moved
+    x0, m0 = (t.numpy() for t in common.copy_paste_batch(tf.constant(images), tf.constant(masks), seed, 0.0))
+    np.testing.assert_array_equal(x0, images)
+    np.testing.assert_array_equal(m0, masks)
+
+
+def test_copy_paste_in_the_training_pipeline(demo_train):
+    """With probability 1 every training crop holds its own objects plus those of the crop before
+    it; the same seed without copy-paste gives the crops before pasting."""
+    split, examples = demo_train
+    args = dict(training=True, seed=3, target="mask", flip=False)
+    plain = batches(common.make_dataset(split, examples, 48, 4, **args), 2)
+    pasted = batches(common.make_dataset(split, examples, 48, 4, copy_paste=1.0, **args), 2)
+    for (x, m), (xp, mp) in zip(plain, pasted):
+        donor = np.roll(m, 1, axis=0)
+        objects = (donor >= 1) & (donor <= common.NUM_CLASSES)
+        np.testing.assert_array_equal(mp, np.where(objects, donor, m))
+        np.testing.assert_array_equal(xp, np.where(objects[..., None], np.roll(x, 1, axis=0), x))
+        assert objects.any()
+    with pytest.raises(ValueError, match="needs target 'mask'"):
+        common.make_dataset(split, examples, 48, 4, training=True, target="both", copy_paste=0.5)
+
+
 def test_pipeline_is_deterministic_for_a_seed(demo_train):
     split, examples = demo_train
 

@@ -41,16 +41,18 @@ def test_unet_run_and_original_size_predictions(demo_dir, tmp_path, monkeypatch)
     out = str(tmp_path / "run")
     traces = count_traces(monkeypatch, keras.Model)
     datasets = []  # (training?, dataset) of every pipeline the run builds
+    copy_paste = []  # and its copy-paste probability
     make_dataset = common.make_dataset
 
     def recording_make_dataset(*args, **kwargs):
         ds = make_dataset(*args, **kwargs)
         datasets.append((kwargs.get("training", False), ds))
+        copy_paste.append(kwargs.get("copy_paste", 0.0))
         return ds
 
     monkeypatch.setattr(common, "make_dataset", recording_make_dataset)
     model, history = seg_train.train(data=demo_dir, arch="unet", out=out, img_size=64, crop_size=32, epochs=2,
-                                     width=8, batch_size=4, lr=4e-3, lr_warmup=1, verbose=0)
+                                     width=8, batch_size=4, lr=4e-3, lr_warmup=1, copy_paste=0.5, verbose=0)
     assert len(traces) == 1  # the optimizer built before fit: no second trace of the step
     check_run_folder(out, demo_dir)
     # one warm-up epoch at half the rate, then the 2-epoch cosine half-way down (0.02 + 0.98 / 2 of the peak)
@@ -58,6 +60,7 @@ def test_unet_run_and_original_size_predictions(demo_dir, tmp_path, monkeypatch)
     np.testing.assert_allclose(rates, [0.5 * 4e-3, 0.51 * 4e-3], rtol=1e-5)
     loaded, config = common.load_run(out, "segmentation")
     assert (config["img_size"], config["crop_size"]) == (64, 32)  # trained on 32-px crops, predicts at 64
+    assert config["copy_paste"] == 0.5 and copy_paste == [0.5, 0.0]  # pasting in training only
     shapes = {training: tuple(ds.element_spec[0].shape[1:3]) for training, ds in datasets}
     assert shapes == {True: (32, 32), False: (64, 64)}, shapes
     rng = np.random.default_rng(0)
@@ -164,10 +167,11 @@ def test_bad_image_size(demo_dir, tmp_path, capsys):
     assert common.run_cli(seg_train.main, ["--data", demo_dir, "--out", str(tmp_path / "r"), "--img-size", "100"]) == 2
     assert "multiple of 32" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "r")
-    for crop, message in (("48", "--crop-size must be a positive multiple of 32"),
-                          ("0", "--crop-size must be a positive multiple of 32"),
-                          ("256", "--crop-size 256 is larger than --img-size 160")):
-        argv = ["--data", demo_dir, "--out", str(tmp_path / "r"), "--crop-size", crop]
+    for flag, value, message in (("--crop-size", "48", "--crop-size must be a positive multiple of 32"),
+                                 ("--crop-size", "0", "--crop-size must be a positive multiple of 32"),
+                                 ("--crop-size", "256", "--crop-size 256 is larger than --img-size 160"),
+                                 ("--copy-paste", "1.5", "--copy-paste is a probability in [0, 1], not 1.5")):
+        argv = ["--data", demo_dir, "--out", str(tmp_path / "r"), flag, value]
         assert common.run_cli(seg_train.main, argv) == 2
         assert message in capsys.readouterr().err
         assert not os.path.exists(tmp_path / "r")
