@@ -11,10 +11,15 @@ competition's rule, beside the estimates the runs report on their validation spl
     KERAS_HOME=../shared/keras_home python bench/holdout_proxy.py --only seg   # the segmenter for draw 1
     KERAS_HOME=../shared/keras_home python bench/holdout_proxy.py --variants   # predict.py options, draw 1
     KERAS_HOME=../shared/keras_home python bench/holdout_proxy.py --only cls --train asl --seeds 1 2 3
+    KERAS_HOME=../shared/keras_home python bench/holdout_proxy.py --only seg --train seg_finetune_block_3_lr_0.1 \
+        --with-cls img_288 --seeds 1 2   # the draws' segmenters with the 288-px classifiers
 
 `--train NAME` trains with one change of TRAIN_VARIANTS instead (run folder and results key
 seed<N>_<NAME>; a segmenter change reuses the draw's classifier) and the report pairs it with
-its baseline's draws (BASELINES) on the same seeds, scored with the same void band. Each draw trains
+its baseline's draws (BASELINES) on the same seeds, scored with the same void band (and, for a
+segmenter, the per-photo paired differences' standard error where both run folders are here).
+`--with-cls NAME` scores finished segmenter draws with the same draw's classifier of a classifier
+change, trained before: the joint score of two changes measured apart. Each draw trains
 under the bench's time limits (classifier 30 min, finished in about 4 here; segmenter 58 min).
 The held-out photos are given to predict.py as the test split of a derived VOC-layout folder
 (runs/bench_holdout_seed<N>/data: links to the proxy's files, masks only for the training part,
@@ -28,6 +33,8 @@ import os
 import shutil
 import sys
 import time
+
+import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -73,7 +80,11 @@ TRAIN_VARIANTS = {"asl": ("cls", dict(loss="asl")), "focal": ("cls", dict(loss="
                   # their baseline (on the AVX-512 EPYC it reproduced the AVX2 run to every stored digit)
                   "seg_control": ("seg", BLOCK_3),
                   # image pooling (DeepLabv3) added to the decoder's deepest features: the whole image's content
-                  "seg_global_context": ("seg", dict(BLOCK_3, global_context=True))}
+                  "seg_global_context": ("seg", dict(BLOCK_3, global_context=True)),
+                  # the whole backbone fine-tuned (from its first convolution, the stride-2 and -4 blocks too)
+                  "seg_finetune_conv1": ("seg", dict(BLOCK_3, finetune_from="Conv1")),
+                  # copy-paste augmentation: half the training crops receive another crop's objects
+                  "seg_copy_paste_0.5": ("seg", dict(BLOCK_3, copy_paste=0.5))}
 
 
 # what each training change is compared with: the variant whose arguments it changes ('' the plain draws;
@@ -81,7 +92,8 @@ TRAIN_VARIANTS = {"asl": ("cls", dict(loss="asl")), "focal": ("cls", dict(loss="
 BASELINES = {"seg_crop_256": "seg_img_384", "seg_img_448_crop_256": "seg_crop_256",
              "seg_finetune_block_3": "seg_crop_256", "seg_finetune_block_3_lr_0.1": "seg_crop_256",
              "seg_top_stage_lr_0.1": "seg_crop_256", "seg_val_0.05": "seg_finetune_block_3_lr_0.1",
-             "seg_global_context": "seg_finetune_block_3_lr_0.1", "seg_control": "seg_finetune_block_3_lr_0.1"}
+             "seg_global_context": "seg_finetune_block_3_lr_0.1", "seg_control": "seg_finetune_block_3_lr_0.1",
+             "seg_finetune_conv1": "seg_finetune_block_3_lr_0.1", "seg_copy_paste_0.5": "seg_finetune_block_3_lr_0.1"}
 # predict.py's void band when a result was scored (absent: 0, the results from before it existed)
 VOID_BAND = inspect.signature(predict.run).parameters["void_band_width"].default
 
@@ -145,13 +157,14 @@ def classifier_alone(run, data, truth_labels):
             common.classification_dice(cls_train.expected_dice_labels(val_probs), val.labels > 0))
 
 
-def predict_scores(root, name, **options):
+def predict_scores(root, name, cls="cls", **options):
     """predict.py on the validation split and on the held-out photos (the derived folder's test
-    split) of a draw with both runs, with `options` (predict.run's keyword arguments) over its
-    defaults; output folders root/predict_<name>_<split>. Returns {"val": scores, "held_out": scores}."""
+    split) of a draw with both runs (the classifier in root/`cls`), with `options` (predict.run's
+    keyword arguments) over its defaults; output folders root/predict_<name>_<split>. Returns
+    {"val": scores, "held_out": scores}."""
     out = {}
     for split, key in (("val", "val"), ("test", "held_out")):
-        out[key], _ = predict.run(data=os.path.join(root, "data"), cls=os.path.join(root, "cls"),
+        out[key], _ = predict.run(data=os.path.join(root, "data"), cls=os.path.join(root, cls),
                                   seg=os.path.join(root, "seg"), out=os.path.join(root, f"predict_{name}_{split}"),
                                   split=split, score=True, overwrite=True, **options)
     return out
@@ -221,6 +234,38 @@ def predict_variants(seed):
     return out
 
 
+def with_classifier(seed, variant, cls_variant):
+    """predict.py's defaults on a finished draw whose segmenter is `variant`'s (None: the plain
+    draw's), with the classifier of the same draw trained with the classifier change `cls_variant`
+    instead of the plain one (copied to cls_<cls_variant>/): the joint score of a segmenter and a
+    classifier change measured apart. Returns {"val": scores, "held_out": scores, "void_band": band}."""
+    root, source = draw_root(seed, variant), os.path.join(draw_root(seed, cls_variant), "cls")
+    if not os.path.isfile(os.path.join(source, "metrics.json")):
+        sys.exit(f"error: no classifier of --train {cls_variant} on draw {seed} ({source})")
+    name = f"cls_{cls_variant}"
+    shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    shutil.copytree(source, os.path.join(root, name))
+    out = predict_scores(root, f"defaults_{name}", cls=name)
+    print(f"draw {seed}, classifier {cls_variant}: " + "; ".join(
+        f"{k} {v['classification']:.3f} / {v['segmentation']:.3f} / {v['score']:.3f}" for k, v in out.items()),
+        flush=True)
+    return dict(out, void_band=VOID_BAND)
+
+
+def held_out_segmentation_rows(result, band):
+    """Per-photo segmentation Dice (M,) of a draw's saved held-out submission scored with void band
+    `band` (its predict_defaults_test folder, or the re-score's predict_void_band_<band>_test), or
+    None when the run folder is not on this machine: for the standard error of a paired difference."""
+    root = draw_root(result["holdout_seed"], result.get("train_variant"))
+    folder = "predict_defaults_test" if result.get("void_band", 0) == band else f"predict_void_band_{band}_test"
+    sub, truth = os.path.join(root, folder, "submission.csv"), os.path.join(root, "data", "solution.csv")
+    if not (os.path.isfile(sub) and os.path.isfile(truth)):
+        return None
+    pred = {r["Id"]: r["Predicted"] for r in common.read_submission(sub)}
+    return np.array([common.rle_dice(pred[r["Id"]], r["Predicted"]) for r in common.read_submission(truth)
+                     if r["Id"].endswith("_segmentation")])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "proxy"))
@@ -236,20 +281,29 @@ def main():
     p.add_argument("--train", choices=list(TRAIN_VARIANTS),
                    help="with --only of its task: train with this change of the arguments (results and run "
                         "folder seed<N>_<change>; a segmenter change reuses the draw's classifier)")
+    p.add_argument("--with-cls", metavar="NAME", choices=[k for k, v in TRAIN_VARIANTS.items() if v[0] == "cls"],
+                   help="instead of training: score predict.py's defaults on each draw's finished segmenter (of "
+                        "--train, else the plain draw's) with the draw's classifier of --train NAME, trained "
+                        "before (results: with_cls_<NAME> of the segmenter's draw)")
     p.add_argument("--report", action="store_true", help="only print the table of the saved results")
     args = p.parse_args()
     if args.train and (args.only != TRAIN_VARIANTS[args.train][0] or args.variants):
         sys.exit(f"error: --train {args.train} goes with --only {TRAIN_VARIANTS[args.train][0]} "
                  "(and not with --variants)")
+    if args.with_cls and (args.variants or (args.train and TRAIN_VARIANTS[args.train][0] != "seg")):
+        sys.exit("error: --with-cls goes with a segmenter's draws: the plain ones or --train of a segmenter change")
     print(f"data {args.data}", flush=True)
     path = os.path.join(HERE, "results", "holdout_proxy.json")
     results = common.read_json(path) if os.path.isfile(path) else {}
     for seed in [] if args.report else args.seeds:
         earlier = results.get(draw_key(seed, args.train)) or results.get(draw_key(seed), {})
-        if args.variants:
+        if args.variants or args.with_cls:
             if "held_out" not in earlier:
-                sys.exit(f"error: --variants needs draw {seed} trained with both tasks first")
-            earlier["predict_variants"] = predict_variants(seed)
+                sys.exit(f"error: --variants and --with-cls need draw {seed} trained with both tasks first")
+            if args.with_cls:
+                earlier[f"with_cls_{args.with_cls}"] = with_classifier(seed, args.train, args.with_cls)
+            else:
+                earlier["predict_variants"] = predict_variants(seed)
         else:
             results[draw_key(seed, args.train)] = held_out_draw(args.data, seed, args.only, earlier, args.train)
         common.write_json(path, results)
@@ -271,6 +325,11 @@ def main():
             if key in r:
                 s = r[key]
                 print(f"| {draw} | {what} | {s['classification']:.3f} | {s['segmentation']:.3f} | {s['score']:.3f} |")
+        for name in (k for k in r if k.startswith("with_cls_")):
+            for key, what in (("val", "validation"), ("held_out", "held-out photos")):
+                s = r[name][key]
+                print(f"| {draw} | {what}, predict.py defaults, classifier {name[9:]} | {s['classification']:.3f} "
+                      f"| {s['segmentation']:.3f} | {s['score']:.3f} |")
     for draw, r in results.items():
         if "predict_variants" in r:
             print(f"\n{draw}: predict.py options (classification / segmentation / joint)\n"
@@ -294,6 +353,11 @@ def main():
                   f"{mean['held_out_dice_alone']:.3f}")
         else:  # a segmenter change: the classifier is the plain draw's
             print(f"\n{variant}: {len(draws)} draws")
+            for name in sorted({k for r in draws.values() for k in r if k.startswith("with_cls_")}):
+                held = [r[name]["held_out"] for r in draws.values() if name in r]
+                print(f"  with the classifier of {name[9:]}, mean of {len(held)} draws, held-out photos: " + " / ".join(
+                    f"{sum(h[k] for h in held) / len(held):.3f}" for k in ("classification", "segmentation", "score"))
+                      + " (classification / segmentation / joint)")
         if variant:  # paired with its baseline's draws of the same seeds, scored with the same void band
             base = by_variant.get(BASELINES.get(variant, ""), {})
             if task == "cls":  # the plain draws predate the expected-Dice rule: their pairs use the tuned thresholds
@@ -315,6 +379,13 @@ def main():
                     print(f"  held-out {what} against {BASELINES.get(variant) or 'the plain draws'} on the same "
                           f"{len(pairs)} draws: {sum(b - a for a, b in pairs) / len(pairs):+.3f} "
                           f"({', '.join(f'{a:.3f} -> {b:.3f}' for a, b in pairs)})")
+            if task == "seg" and paired:  # per-photo paired differences, where the run folders are here
+                for s, r in draws.items():
+                    rows = [held_out_segmentation_rows(x, band) for x in (base.get(s), r) if x]
+                    if len(rows) == 2 and all(x is not None for x in rows) and len(rows[0]) == len(rows[1]):
+                        d = rows[1] - rows[0]
+                        print(f"    draw {s}: per-photo difference {d.mean():+.4f}, standard error "
+                              f"{d.std(ddof=1) / np.sqrt(len(d)):.4f} ({len(d)} photos)")
             if not paired:
                 print(f"  no draw of {BASELINES.get(variant) or 'the plain draws'} to pair {variant} with")
 
