@@ -585,9 +585,10 @@ def copy_paste_batch(images, masks, seed, probability=0.5):
     """Copy-paste augmentation (Ghiasi et al., 2021, "Simple Copy-Paste is a Strong Data
     Augmentation Method for Instance Segmentation") on a batch of training crops: with
     `probability`, drawn per image, image i receives the object pixels (classes 1-20) of image
-    i-1 of the batch (the last image's for the first), with their labels, on top of its own scene.
-    Each crop was rescaled, cropped and flipped on its own (augment), so objects arrive at new
-    places and scales and among other objects: more cluttered scenes than the photos hold.
+    i-1 of the batch (the last image's for the first), with their labels, on top of its own scene,
+    where they lie in the donor crop (each crop was rescaled, cropped and flipped on its own by
+    augment): objects among other objects and other backgrounds, more cluttered scenes than the
+    photos hold. A batch of one receives its own objects: nothing changes.
 
     images: (B, S, S, 3) float32; masks: (B, S, S) int32, 255 = void; seed: a stateless seed (2,).
     Returns (images, masks) of the same shapes and dtypes; the donors' void and background pixels
@@ -606,8 +607,9 @@ def make_dataset(split, examples, size, batch_size, training=False, seed=0, targ
     repeats: per-example counts an epoch (seg_train.repeat_factors); default once each.
     crop: training only: side of the random crops, from images rescaled around a longer side of
     `size` (augment); default `size`.
-    copy_paste: training with target 'mask' only: the probability that an image receives the
-    objects of another image of its batch (copy_paste_batch, after the colour jitter; default 0).
+    copy_paste: training with target 'mask' only: the probability in [0, 1] that an image receives
+    the objects of the image before it in its batch (copy_paste_batch, after the colour jitter;
+    default 0). Raises ValueError above 0 with another target.
 
     Yields (images float32 [0,255] of shape (B,S,S,3), target) with S = crop when training with a
     crop, else size, and target: 'labels' -> (B,20) float32, 'mask' -> (B,S,S) int32 with 255 = void,

@@ -302,7 +302,7 @@ def seg_gallery(path, split, examples, pred_masks, per_image_dice, n=4):
 def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=None, epochs=None, frozen_epochs=None,
           batch_size=None, lr=None, finetune_lr_factor=0.25, finetune_from=None, lr_warmup=0, weights="imagenet",
           backbone="mobilenetv2", global_context=False, loss="ce+dice", val_fraction=0.2, repeat_factor=False,
-          copy_paste=0.0, patience=12, time_limit=None, width=16, seed=0, resume=False, checkpoint_every=60.0,
+          copy_paste=None, patience=12, time_limit=None, width=16, seed=0, resume=False, checkpoint_every=60.0,
           overwrite=False, strategy="auto", mixed_precision="auto", jit="auto", verbose=None):
     """Train a 21-class segmenter (background + 20; void pixels ignored) and write its run folder `out`.
 
@@ -343,8 +343,8 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=Non
     repeat_factor: repeat-factor sampling: images of rare classes repeat within an epoch
         (repeat_factors; default False).
     copy_paste: copy-paste augmentation: the probability in [0, 1] that a training crop receives
-        the objects (with their labels) of another crop of its batch (common.copy_paste_batch;
-        default 0, never).
+        the objects (with their labels) of the crop before it in its batch (common.copy_paste_batch;
+        needs a batch of 2 or more; default None: 0, never, or with resume the interrupted run's).
     patience: early stopping on validation Dice, in epochs, per stage (default 12).
     time_limit: minutes (default None: no limit); from the epochs' pace, the last stage is
         shortened to the epochs that fit, so its cosine schedule still decays fully (the frozen
@@ -368,7 +368,8 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=Non
     ...) to its per-epoch values for the epochs this call ran. Also writes metrics.json (at
     original resolution), log.csv, curves.png, gallery.png, config.json.
     Raises common.UserError for an unknown arch, loss, backbone, finetune_from layer or device
-    option, global_context with arch 'unet', a copy_paste outside [0, 1], an lr_warmup that is
+    option, global_context with arch 'unet', a copy_paste outside [0, 1] (or above 0 with a batch of
+    one, or other than the interrupted run's), an lr_warmup that is
     not a whole number >= 0, a negative checkpoint_every, an img_size or crop_size that is not a
     positive multiple of 32, a crop_size above img_size, weights that cannot be loaded, data that
     is missing, unreadable, without masks or with fewer than 2 labelled images, an existing `out`
@@ -382,7 +383,7 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=Non
         raise common.UserError("--global-context is for the transfer U-Net (--arch mobilenetv2_unet)")
     if loss not in ("ce", "dice", "ce+dice"):
         raise common.UserError(f"unknown --loss {loss!r}; choose ce, dice or ce+dice")
-    if not 0 <= copy_paste <= 1:
+    if copy_paste is not None and not 0 <= copy_paste <= 1:
         raise common.UserError(f"--copy-paste is a probability in [0, 1], not {copy_paste}")
     lr_warmup = common.warmup_epochs(lr_warmup)
     checkpoint_every = common.checkpoint_interval(checkpoint_every)
@@ -403,6 +404,15 @@ def train(data="demo", arch="unet", out="runs/seg", img_size=None, crop_size=Non
     batch_size, lr = devices["global_batch_size"], devices["lr"]
     with common.run_folder(out, resume, overwrite) as state:
         keras.utils.set_random_seed(seed)
+        if resume:  # an interrupted run keeps its copy-paste probability
+            resumed = common.read_json(os.path.join(out, "config.json")).get("copy_paste", 0.0)
+            if copy_paste is not None and copy_paste != resumed:
+                raise common.UserError(f"the interrupted run trains with --copy-paste {resumed:g}, not "
+                                       f"{copy_paste:g}: resume it without --copy-paste")
+            copy_paste = resumed
+        copy_paste = copy_paste or 0.0
+        if copy_paste and batch_size < 2:
+            raise common.UserError("--copy-paste pastes between the crops of a batch: it needs --batch-size 2 or more")
 
         # Data: training crops (B, crop_size, crop_size, 3) float32 in [0, 255] with masks (B, crop_size,
         # crop_size) int32, 255 = void; validation images letterboxed to img_size
@@ -534,9 +544,9 @@ def main(argv=None):
     p.add_argument("--val-fraction", type=float, default=0.2, help="default %(default)s")
     p.add_argument("--repeat-factor-sampling", dest="repeat_factor", action="store_true",
                    help="repeat images of rare classes within an epoch (repeat-factor sampling)")
-    p.add_argument("--copy-paste", type=float, default=0.0, metavar="P",
-                   help="copy-paste augmentation: probability that a training crop receives the objects of "
-                        "another crop of its batch (default %(default)g)")
+    p.add_argument("--copy-paste", type=float, metavar="P",
+                   help="copy-paste augmentation: probability in [0, 1] that a training crop receives the "
+                        "objects of the crop before it in its batch (default 0; with --resume the run's)")
     p.add_argument("--patience", type=int, default=12, help="early-stopping patience in epochs (default %(default)s)")
     p.add_argument("--time-limit", type=float, help="stop training after this many minutes")
     p.add_argument("--width", type=int, default=16, help="U-Net: filters at full resolution (default %(default)s)")

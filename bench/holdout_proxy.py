@@ -253,17 +253,25 @@ def with_classifier(seed, variant, cls_variant):
 
 
 def held_out_segmentation_rows(result, band):
-    """Per-photo segmentation Dice (M,) of a draw's saved held-out submission scored with void band
-    `band` (its predict_defaults_test folder, or the re-score's predict_void_band_<band>_test), or
-    None when the run folder is not on this machine: for the standard error of a paired difference."""
+    """{photo id: segmentation Dice} of a draw's saved held-out submission scored with void band
+    `band`: its predict_defaults_test folder, or, for a draw scored with another band, the
+    predict_void_band_<band>_test folder of its re-score (made with predict.run(void_band_width=
+    band) into that folder, stored as held_out_void_band_<band>), for the standard error of a
+    paired difference. None when the folder is not on this machine. Raises SystemExit when the
+    rows' mean is not the stored score (a stale or wrong folder)."""
     root = draw_root(result["holdout_seed"], result.get("train_variant"))
-    folder = "predict_defaults_test" if result.get("void_band", 0) == band else f"predict_void_band_{band}_test"
+    scored = result.get("void_band", 0) == band
+    folder = "predict_defaults_test" if scored else f"predict_void_band_{band}_test"
     sub, truth = os.path.join(root, folder, "submission.csv"), os.path.join(root, "data", "solution.csv")
     if not (os.path.isfile(sub) and os.path.isfile(truth)):
         return None
     pred = {r["Id"]: r["Predicted"] for r in common.read_submission(sub)}
-    return np.array([common.rle_dice(pred[r["Id"]], r["Predicted"]) for r in common.read_submission(truth)
-                     if r["Id"].endswith("_segmentation")])
+    rows = {r["Id"]: common.rle_dice(pred[r["Id"]], r["Predicted"]) for r in common.read_submission(truth)
+            if r["Id"].endswith("_segmentation")}
+    stored = (result["held_out"] if scored else result[f"held_out_void_band_{band}"])["segmentation"]
+    if abs(np.mean(list(rows.values())) - stored) > 1e-9:
+        sys.exit(f"error: {os.path.join(root, folder)} does not score the stored {stored:.4f}")
+    return rows
 
 
 def main():
@@ -297,6 +305,8 @@ def main():
     results = common.read_json(path) if os.path.isfile(path) else {}
     for seed in [] if args.report else args.seeds:
         earlier = results.get(draw_key(seed, args.train)) or results.get(draw_key(seed), {})
+        if args.with_cls:  # the finished draw of exactly this segmenter, never the plain draw in its place
+            earlier = results.get(draw_key(seed, args.train), {})
         if args.variants or args.with_cls:
             if "held_out" not in earlier:
                 sys.exit(f"error: --variants and --with-cls need draw {seed} trained with both tasks first")
@@ -380,12 +390,17 @@ def main():
                           f"{len(pairs)} draws: {sum(b - a for a, b in pairs) / len(pairs):+.3f} "
                           f"({', '.join(f'{a:.3f} -> {b:.3f}' for a, b in pairs)})")
             if task == "seg" and paired:  # per-photo paired differences, where the run folders are here
+                errors = []
                 for s, r in draws.items():
                     rows = [held_out_segmentation_rows(x, band) for x in (base.get(s), r) if x]
-                    if len(rows) == 2 and all(x is not None for x in rows) and len(rows[0]) == len(rows[1]):
-                        d = rows[1] - rows[0]
-                        print(f"    draw {s}: per-photo difference {d.mean():+.4f}, standard error "
-                              f"{d.std(ddof=1) / np.sqrt(len(d)):.4f} ({len(d)} photos)")
+                    if len(rows) == 2 and all(x is not None for x in rows):
+                        d = np.array([rows[1][k] - rows[0][k] for k in rows[0]])  # the same photos: one draw
+                        errors.append(d.std(ddof=1) / np.sqrt(len(d)))
+                        print(f"    draw {s}: per-photo difference {d.mean():+.4f}, standard error {errors[-1]:.4f} "
+                              f"({len(d)} photos)")
+                if len(errors) > 1:  # of the photos sampled, not of the training's own randomness
+                    print(f"    mean over {len(errors)} draws: standard error "
+                          f"{np.sqrt(np.sum(np.square(errors))) / len(errors):.4f}")
             if not paired:
                 print(f"  no draw of {BASELINES.get(variant) or 'the plain draws'} to pair {variant} with")
 

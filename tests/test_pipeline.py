@@ -173,6 +173,24 @@ def test_copy_paste_moves_objects_with_their_labels():
     np.testing.assert_array_equal(m0, masks)
 
 
+def test_copy_paste_draws_each_image_on_its_own():
+    """At probability 0.5 each image of a batch receives its donor's objects or not, by its own
+    draw; a seed repeats its draws."""
+    labels = np.arange(1, 9)
+    masks = np.zeros((8, 2, 2), np.int32)
+    masks[:, 0, 0] = labels  # one object pixel an image, of a class of its own
+    images = np.broadcast_to(labels[:, None, None, None], (8, 2, 2, 3)).astype(np.float32)
+    for seed in range(3):
+        s = tf.constant([seed, 0], tf.int64)
+        x, m = (t.numpy() for t in common.copy_paste_batch(tf.constant(images), tf.constant(masks), s, 0.5))
+        received = m[:, 0, 0] == np.roll(labels, 1)
+        assert 0 < received.sum() < 8  # some images receive, some do not
+        np.testing.assert_array_equal(m[~received], masks[~received])
+        np.testing.assert_array_equal(x[:, 0, 0, 0], m[:, 0, 0])  # image pixels move with their labels
+        again = common.copy_paste_batch(tf.constant(images), tf.constant(masks), s, 0.5)[1].numpy()
+        np.testing.assert_array_equal(again, m)
+
+
 def test_copy_paste_in_the_training_pipeline(demo_train):
     """With probability 1 every training crop holds its own objects plus those of the crop before
     it; the same seed without copy-paste gives the crops before pasting."""

@@ -60,7 +60,8 @@ def test_unet_run_and_original_size_predictions(demo_dir, tmp_path, monkeypatch)
     np.testing.assert_allclose(rates, [0.5 * 4e-3, 0.51 * 4e-3], rtol=1e-5)
     loaded, config = common.load_run(out, "segmentation")
     assert (config["img_size"], config["crop_size"]) == (64, 32)  # trained on 32-px crops, predicts at 64
-    assert config["copy_paste"] == 0.5 and copy_paste == [0.5, 0.0]  # pasting in training only
+    # copy-paste given to the training pipeline only (test_pipeline checks the pasting itself)
+    assert config["copy_paste"] == 0.5 and copy_paste == [0.5, 0.0]
     shapes = {training: tuple(ds.element_spec[0].shape[1:3]) for training, ds in datasets}
     assert shapes == {True: (32, 32), False: (64, 64)}, shapes
     rng = np.random.default_rng(0)
@@ -91,9 +92,10 @@ def test_transfer_unet_keeps_encoder_statistics(demo_dir, tmp_path, monkeypatch,
 
 
 @pytest.mark.slow
-def test_global_context_runs_and_resumes(demo_dir, tmp_path):
+def test_global_context_and_copy_paste_resume(demo_dir, tmp_path):
     """--global-context adds image pooling to the transfer U-Net: recorded in config.json, kept by
-    the saved model (any input size), kept by --resume, refused on resume of a run without it."""
+    the saved model (any input size), kept by --resume, refused on resume of a run without it.
+    --copy-paste likewise: a resumed run keeps the interrupted run's probability, another refused."""
     def interrupt(out):  # a run folder as a kill after its first epoch leaves it
         shutil.copy(os.path.join(out, "model.keras"), os.path.join(out, "last.keras"))
         state = common.read_json(os.path.join(out, "state.json"))
@@ -102,7 +104,7 @@ def test_global_context_runs_and_resumes(demo_dir, tmp_path):
     kwargs = dict(data=demo_dir, arch="mobilenetv2_unet", img_size=64, frozen_epochs=1, batch_size=4,
                   weights="none", verbose=0)
     with_context, without = str(tmp_path / "with"), str(tmp_path / "without")
-    seg_train.train(out=with_context, epochs=1, global_context=True, **kwargs)
+    seg_train.train(out=with_context, epochs=1, global_context=True, copy_paste=0.5, **kwargs)
     check_run_folder(with_context, demo_dir)
     model, config = common.load_run(with_context, "segmentation")
     assert config["global_context"] is True
@@ -110,8 +112,9 @@ def test_global_context_runs_and_resumes(demo_dir, tmp_path):
     probs = next(seg_train.segment(model, [np.zeros((40, 100, 3), np.uint8)], 96))
     assert probs.shape == seg_train.grid_size((40, 100), 96) + (21,)  # a non-square image, longer side 96
     interrupt(with_context)
-    seg_train.train(out=with_context, epochs=2, resume=True, **kwargs)  # no flag: the run's decoder stays
-    assert common.read_json(os.path.join(with_context, "config.json"))["global_context"] is True
+    seg_train.train(out=with_context, epochs=2, resume=True, **kwargs)  # no flags: the run's decoder stays
+    resumed = common.read_json(os.path.join(with_context, "config.json"))
+    assert resumed["global_context"] is True and resumed["copy_paste"] == 0.5  # and its augmentation
     assert common.read_json(os.path.join(with_context, "state.json"))["epoch"] == 2
     seg_train.train(out=without, epochs=1, **kwargs)
     assert common.read_json(os.path.join(without, "config.json"))["global_context"] is False
@@ -120,6 +123,9 @@ def test_global_context_runs_and_resumes(demo_dir, tmp_path):
     interrupt(without)
     with pytest.raises(common.UserError, match="has no global context"):
         seg_train.train(out=without, epochs=2, resume=True, global_context=True, **kwargs)
+    with pytest.raises(common.UserError, match="trains with --copy-paste 0, not 0.5"):
+        seg_train.train(out=without, epochs=2, resume=True, copy_paste=0.5, **kwargs)
+    assert os.path.isfile(os.path.join(without, "last.keras"))  # the interrupted run is still there
     with pytest.raises(common.UserError, match="--global-context is for the transfer U-Net"):
         seg_train.train(data=demo_dir, arch="unet", out=str(tmp_path / "scratch"), global_context=True)
     assert not os.path.exists(tmp_path / "scratch")
@@ -170,8 +176,9 @@ def test_bad_image_size(demo_dir, tmp_path, capsys):
     for flag, value, message in (("--crop-size", "48", "--crop-size must be a positive multiple of 32"),
                                  ("--crop-size", "0", "--crop-size must be a positive multiple of 32"),
                                  ("--crop-size", "256", "--crop-size 256 is larger than --img-size 160"),
-                                 ("--copy-paste", "1.5", "--copy-paste is a probability in [0, 1], not 1.5")):
-        argv = ["--data", demo_dir, "--out", str(tmp_path / "r"), flag, value]
+                                 ("--copy-paste", "1.5", "--copy-paste is a probability in [0, 1], not 1.5"),
+                                 ("--copy-paste", "0.5 --batch-size 1", "it needs --batch-size 2 or more")):
+        argv = ["--data", demo_dir, "--out", str(tmp_path / "r"), flag, *value.split()]
         assert common.run_cli(seg_train.main, argv) == 2
         assert message in capsys.readouterr().err
         assert not os.path.exists(tmp_path / "r")
