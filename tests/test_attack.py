@@ -199,9 +199,11 @@ def test_generator_steps_raise_the_success_rate(trained_attack):
     reference = goal.reference(goal.logits(x))
     margin = goal.margin(goal.logits(trainer(x)), reference)
     success_after = float(tf.reduce_mean(tf.cast(margin <= 0, tf.float32)))
-    # about 140 images: +5 points is 7 more fooled images, from none
-    assert success_after >= success_before + 0.05, (success_before, success_after)
-    assert float(tf.reduce_mean(margin)) < 0.85 * margin_before
+    # The mean margin is the robust measure of learning; the share flipped depends on where the margins
+    # of the machine's classifier sit: 2.30 -> 0.45 flipped 12% on an AVX2 EPYC, 2.26 -> 0.60 flipped
+    # 4.3% (6 of 139 images) on an AVX-512 Xeon. About 140 images: +2 points is 3 more fooled images
+    assert success_after >= success_before + 0.02, (success_before, success_after)
+    assert float(tf.reduce_mean(margin)) < 0.5 * margin_before, (margin_before, float(tf.reduce_mean(margin)))
 
 
 def test_target_stays_frozen_and_generator_gradients_stay_alive(trained_attack):
