@@ -18,6 +18,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 import attack  # noqa: E402
 import common  # noqa: E402
 
+# the stored results were measured against the 224-pixel classifier, train_proxy.py's until 2026-12-03 (288 px since;
+# not yet attacked)
 CLS, SEG = "runs/bench_cls_mobilenetv2", "runs/bench_seg_mobilenetv2_unet"
 # name: attack.run arguments; epochs sized for the 60 minutes of generator training per
 # goal on a 2-core CPU

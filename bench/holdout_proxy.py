@@ -13,13 +13,17 @@ competition's rule, beside the estimates the runs report on their validation spl
     KERAS_HOME=../shared/keras_home python bench/holdout_proxy.py --only cls --train asl --seeds 1 2 3
     KERAS_HOME=../shared/keras_home python bench/holdout_proxy.py --only seg --train seg_finetune_block_3_lr_0.1 \
         --with-cls img_288 --seeds 1 2   # the draws' segmenters with the 288-px classifiers
+    KERAS_HOME=../shared/keras_home python bench/holdout_proxy.py --only seg --train seg_finetune_block_3_lr_0.1 \
+        --with-cls img_288 --option "TTA seg-flip,scales" --seeds 1 2   # and multi-scale TTA
 
 `--train NAME` trains with one change of TRAIN_VARIANTS instead (run folder and results key
 seed<N>_<NAME>; a segmenter change reuses the draw's classifier) and the report pairs it with
 its baseline's draws (BASELINES) on the same seeds, scored with the same void band (and, for a
 segmenter, the per-photo paired differences' standard error where both run folders are here).
 `--with-cls NAME` scores finished segmenter draws with the same draw's classifier of a classifier
-change, trained before: the joint score of two changes measured apart. Each draw trains
+change, trained before: the joint score of two changes measured apart; with `--option NAME`, with
+one of predict.py's options (VARIANTS) instead of its defaults, paired photo by photo with the
+defaults in the report. Each draw trains
 under the bench's time limits (classifier 30 min, finished in about 4 here; segmenter 58 min).
 The held-out photos are given to predict.py as the test split of a derived VOC-layout folder
 (runs/bench_holdout_seed<N>/data: links to the proxy's files, masks only for the training part,
@@ -30,6 +34,7 @@ and bench/results/holdout_proxy.json (one entry per draw), and prints a table.
 import argparse
 import inspect
 import os
+import re
 import shutil
 import sys
 import time
@@ -45,19 +50,24 @@ import predict  # noqa: E402
 import train_proxy  # noqa: E402
 
 HOLDOUT_FRACTION = 0.2
-BENCH_RUNS = {"cls": "cls_mobilenetv2", "seg": "seg_mobilenetv2_unet"}  # train_proxy.RUNS entry of each task
+# train_proxy.RUNS entry of each task. The plain draws seed1-seed5 in the results predate the bench's 288-pixel
+# classifier (their cls_arguments: 224 px); the img_288 draws are its draws
+BENCH_RUNS = {"cls": "cls_mobilenetv2", "seg": "seg_mobilenetv2_unet"}
 
 
 # training changes, one at a time from the bench's arguments (issue 16, item 2): name -> (task, arguments).
 # The segmenter changes spell out every argument the bench's segmenter has changed since, so that each
-# stays what was measured: TOP_STAGE is its fine-tuning until 2026-12-02, BLOCK_3 its arguments since then
+# stays what was measured: TOP_STAGE is its fine-tuning until 2026-12-02, BLOCK_3 its arguments since then; the
+# classifier changes were measured at 224 px, the bench's classifier until 2026-12-03 (CLS_224)
+CLS_224 = dict(img_size=224)
 TOP_STAGE = dict(finetune_from=None, finetune_lr_factor=0.25)
 BLOCK_3 = dict(img_size=384, crop_size=256, finetune_from="block_3_expand", finetune_lr_factor=0.1)
-TRAIN_VARIANTS = {"asl": ("cls", dict(loss="asl")), "focal": ("cls", dict(loss="focal")),
-                  "no_pos_weight": ("cls", dict(pos_weight=False)),
-                  "finetune_lr_0.3": ("cls", dict(finetune_lr_factor=0.3)), "img_288": ("cls", dict(img_size=288)),
-                  "epochs_30": ("cls", dict(epochs=30)), "frozen_10": ("cls", dict(frozen_epochs=10)),
-                  "finetune_block_3": ("cls", dict(finetune_from="block_3_expand")),
+TRAIN_VARIANTS = {"asl": ("cls", dict(CLS_224, loss="asl")), "focal": ("cls", dict(CLS_224, loss="focal")),
+                  "no_pos_weight": ("cls", dict(CLS_224, pos_weight=False)),
+                  "finetune_lr_0.3": ("cls", dict(CLS_224, finetune_lr_factor=0.3)),
+                  "img_288": ("cls", dict(img_size=288)),  # the bench's classifier since 2026-12-03
+                  "epochs_30": ("cls", dict(CLS_224, epochs=30)), "frozen_10": ("cls", dict(CLS_224, frozen_epochs=10)),
+                  "finetune_block_3": ("cls", dict(CLS_224, finetune_from="block_3_expand")),
                   "seg_epochs_50": ("seg", dict(img_size=256, crop_size=256, epochs=50, **TOP_STAGE)),
                   # the bench's segmenter from 2026-12-01, with full-size training crops (its crops until 2026-12-02)
                   "seg_img_384": ("seg", dict(img_size=384, crop_size=384, **TOP_STAGE)),
@@ -74,7 +84,7 @@ TRAIN_VARIANTS = {"asl": ("cls", dict(loss="asl")), "focal": ("cls", dict(loss="
                                                         finetune_lr_factor=0.1)),
                   # a validation split of 5% (about 30 of the draw's 604 photos) instead of 20% (121): a fifth
                   # more training photos, checkpoint choice on fewer
-                  "val_0.05": ("cls", dict(val_fraction=0.05)),
+                  "val_0.05": ("cls", dict(CLS_224, val_fraction=0.05)),
                   "seg_val_0.05": ("seg", dict(BLOCK_3, val_fraction=0.05)),
                   # no change: the bench's segmenter retrained, a control for changes measured on another CPU than
                   # their baseline (on the AVX-512 EPYC it reproduced the AVX2 run to every stored digit)
@@ -218,7 +228,9 @@ def held_out_draw(proxy, seed, only, earlier, variant=None):
 VARIANTS = {"defaults": {}, "cls-decision thresholds": dict(cls_decision="thresholds"),
             "no fusion": dict(fuse_rules=()), "fusion drop,agree": dict(fuse_rules=("drop", "agree")),
             "fusion drop,add": dict(fuse_rules=("drop", "add")), "no TTA": dict(tta=()),
-            "TTA seg-flip,scales": dict(tta=("seg-flip", "scales")), "TTA flip (both tasks)": dict(tta=("flip",)),
+            "TTA seg-flip,scales": dict(tta=("seg-flip", "scales")),
+            "TTA seg-flip,scales 1,1.25,1.5": dict(tta=("seg-flip", "scales"), scales=(1.0, 1.25, 1.5)),
+            "TTA flip (both tasks)": dict(tta=("flip",)),
             "no void band": dict(void_band_width=0)}
 
 
@@ -234,22 +246,54 @@ def predict_variants(seed):
     return out
 
 
-def with_classifier(seed, variant, cls_variant):
-    """predict.py's defaults on a finished draw whose segmenter is `variant`'s (None: the plain
-    draw's), with the classifier of the same draw trained with the classifier change `cls_variant`
-    instead of the plain one (copied to cls_<cls_variant>/): the joint score of a segmenter and a
-    classifier change measured apart. Returns {"val": scores, "held_out": scores, "void_band": band}."""
+def with_classifier(seed, variant, cls_variant, option=None):
+    """predict.py on a finished draw whose segmenter is `variant`'s (None: the plain draw's), with
+    the classifier of the same draw trained with the classifier change `cls_variant` instead of
+    the plain one (copied to cls_<cls_variant>/): the joint score of a segmenter and a classifier
+    change measured apart; `option`: a VARIANTS name, predict.py's defaults when None. Output
+    folders predict_<option slug or defaults>_cls_<cls_variant>_<split>. Returns {"val": scores,
+    "held_out": scores, "void_band": band}."""
     root, source = draw_root(seed, variant), os.path.join(draw_root(seed, cls_variant), "cls")
     if not os.path.isfile(os.path.join(source, "metrics.json")):
         sys.exit(f"error: no classifier of --train {cls_variant} on draw {seed} ({source})")
     name = f"cls_{cls_variant}"
     shutil.rmtree(os.path.join(root, name), ignore_errors=True)
     shutil.copytree(source, os.path.join(root, name))
-    out = predict_scores(root, f"defaults_{name}", cls=name)
-    print(f"draw {seed}, classifier {cls_variant}: " + "; ".join(
+    out = predict_scores(root, f"{option_slug(option)}_{name}", cls=name, **VARIANTS[option or "defaults"])
+    print(f"draw {seed}, classifier {cls_variant}, {option or 'defaults'}: " + "; ".join(
         f"{k} {v['classification']:.3f} / {v['segmentation']:.3f} / {v['score']:.3f}" for k, v in out.items()),
         flush=True)
     return dict(out, void_band=VOID_BAND)
+
+
+def option_slug(option):
+    """The folder-name form of a VARIANTS name ('TTA seg-flip,scales' -> 'tta_seg_flip_scales'; None: 'defaults')."""
+    return re.sub(r"[^a-z0-9]+", "_", (option or "defaults").lower()).strip("_")
+
+
+def segmentation_rows(folder, truth):
+    """{photo id: segmentation Dice} of predict.py's submission.csv in `folder` against the
+    solution.csv `truth`; None when either file is not on this machine."""
+    sub = os.path.join(folder, "submission.csv")
+    if not (os.path.isfile(sub) and os.path.isfile(truth)):
+        return None
+    pred = {r["Id"]: r["Predicted"] for r in common.read_submission(sub)}
+    return {r["Id"]: common.rle_dice(pred[r["Id"]], r["Predicted"]) for r in common.read_submission(truth)
+            if r["Id"].endswith("_segmentation")}
+
+
+def checked_rows(folder, truth, stored):
+    """segmentation_rows, or SystemExit when their mean is not the `stored` score (a stale or wrong folder)."""
+    rows = segmentation_rows(folder, truth)
+    if rows is not None and abs(np.mean(list(rows.values())) - stored) > 1e-9:
+        sys.exit(f"error: {folder} does not score the stored {stored:.4f}")
+    return rows
+
+
+def paired_error(rows_a, rows_b):
+    """(mean, standard error) of the per-photo differences rows_b - rows_a over the same photos."""
+    d = np.array([rows_b[k] - rows_a[k] for k in rows_a])
+    return d.mean(), d.std(ddof=1) / np.sqrt(len(d))
 
 
 def held_out_segmentation_rows(result, band):
@@ -262,16 +306,8 @@ def held_out_segmentation_rows(result, band):
     root = draw_root(result["holdout_seed"], result.get("train_variant"))
     scored = result.get("void_band", 0) == band
     folder = "predict_defaults_test" if scored else f"predict_void_band_{band}_test"
-    sub, truth = os.path.join(root, folder, "submission.csv"), os.path.join(root, "data", "solution.csv")
-    if not (os.path.isfile(sub) and os.path.isfile(truth)):
-        return None
-    pred = {r["Id"]: r["Predicted"] for r in common.read_submission(sub)}
-    rows = {r["Id"]: common.rle_dice(pred[r["Id"]], r["Predicted"]) for r in common.read_submission(truth)
-            if r["Id"].endswith("_segmentation")}
     stored = (result["held_out"] if scored else result[f"held_out_void_band_{band}"])["segmentation"]
-    if abs(np.mean(list(rows.values())) - stored) > 1e-9:
-        sys.exit(f"error: {os.path.join(root, folder)} does not score the stored {stored:.4f}")
-    return rows
+    return checked_rows(os.path.join(root, folder), os.path.join(root, "data", "solution.csv"), stored)
 
 
 def main():
@@ -293,11 +329,16 @@ def main():
                    help="instead of training: score predict.py's defaults on each draw's finished segmenter (of "
                         "--train, else the plain draw's) with the draw's classifier of --train NAME, trained "
                         "before (results: with_cls_<NAME> of the segmenter's draw)")
+    p.add_argument("--option", choices=[k for k in VARIANTS if k != "defaults"],
+                   help="with --with-cls: predict.py with this option of VARIANTS instead of its defaults (results: "
+                        "'with_cls_<NAME>, <OPTION>'; the report pairs it photo by photo with the defaults)")
     p.add_argument("--report", action="store_true", help="only print the table of the saved results")
     args = p.parse_args()
     if args.train and (args.only != TRAIN_VARIANTS[args.train][0] or args.variants):
         sys.exit(f"error: --train {args.train} goes with --only {TRAIN_VARIANTS[args.train][0]} "
                  "(and not with --variants)")
+    if args.option and not args.with_cls:
+        sys.exit("error: --option goes with --with-cls")
     if args.with_cls and (args.variants or (args.train and TRAIN_VARIANTS[args.train][0] != "seg")):
         sys.exit("error: --with-cls goes with a segmenter's draws: the plain ones or --train of a segmenter change")
     print(f"data {args.data}", flush=True)
@@ -311,7 +352,8 @@ def main():
             if "held_out" not in earlier:
                 sys.exit(f"error: --variants and --with-cls need draw {seed} trained with both tasks first")
             if args.with_cls:
-                earlier[f"with_cls_{args.with_cls}"] = with_classifier(seed, args.train, args.with_cls)
+                key = f"with_cls_{args.with_cls}" + (f", {args.option}" if args.option else "")
+                earlier[key] = with_classifier(seed, args.train, args.with_cls, args.option)
             else:
                 earlier["predict_variants"] = predict_variants(seed)
         else:
@@ -336,9 +378,10 @@ def main():
                 s = r[key]
                 print(f"| {draw} | {what} | {s['classification']:.3f} | {s['segmentation']:.3f} | {s['score']:.3f} |")
         for name in (k for k in r if k.startswith("with_cls_")):
+            cls_variant, option = (name[9:].split(", ", 1) + ["defaults"])[:2]
             for key, what in (("val", "validation"), ("held_out", "held-out photos")):
                 s = r[name][key]
-                print(f"| {draw} | {what}, predict.py defaults, classifier {name[9:]} | {s['classification']:.3f} "
+                print(f"| {draw} | {what}, predict.py {option}, classifier {cls_variant} | {s['classification']:.3f} "
                       f"| {s['segmentation']:.3f} | {s['score']:.3f} |")
     for draw, r in results.items():
         if "predict_variants" in r:
@@ -368,6 +411,18 @@ def main():
                 print(f"  with the classifier of {name[9:]}, mean of {len(held)} draws, held-out photos: " + " / ".join(
                     f"{sum(h[k] for h in held) / len(held):.3f}" for k in ("classification", "segmentation", "score"))
                       + " (classification / segmentation / joint)")
+                if ", " in name:  # a predict.py option: paired photo by photo with the same classifier's defaults
+                    cls_variant, option = name[9:].split(", ", 1)
+                    for s, r in draws.items():
+                        root, base = draw_root(s, variant), r.get(f"with_cls_{cls_variant}")
+                        truth = os.path.join(root, "data", "solution.csv")
+                        rows = [checked_rows(os.path.join(root, f"predict_{slug}_cls_{cls_variant}_test"), truth,
+                                             x["held_out"]["segmentation"])
+                                for slug, x in (("defaults", base), (option_slug(option), r.get(name))) if x]
+                        if len(rows) == 2 and None not in rows:
+                            mean, error = paired_error(*rows)
+                            print(f"    draw {s}: segmentation against the defaults {mean:+.4f}, per-photo standard "
+                                  f"error {error:.4f} ({len(rows[0])} photos)")
         if variant:  # paired with its baseline's draws of the same seeds, scored with the same void band
             base = by_variant.get(BASELINES.get(variant, ""), {})
             if task == "cls":  # the plain draws predate the expected-Dice rule: their pairs use the tuned thresholds
@@ -378,7 +433,7 @@ def main():
             else:
                 band = draws[next(iter(draws))].get("void_band", 0)
                 scores = {f"segmentation (void band {band})": lambda r, band=band: (
-                    r["held_out"] if r.get("void_band", 0) == band else r.get(f"held_out_void_band_{band}", {})
+                    r.get("held_out", {}) if r.get("void_band", 0) == band else r.get(f"held_out_void_band_{band}", {})
                 ).get("segmentation")}
             paired = False
             for what, score in scores.items():
@@ -394,10 +449,10 @@ def main():
                 for s, r in draws.items():
                     rows = [held_out_segmentation_rows(x, band) for x in (base.get(s), r) if x]
                     if len(rows) == 2 and all(x is not None for x in rows):
-                        d = np.array([rows[1][k] - rows[0][k] for k in rows[0]])  # the same photos: one draw
-                        errors.append(d.std(ddof=1) / np.sqrt(len(d)))
-                        print(f"    draw {s}: per-photo difference {d.mean():+.4f}, standard error {errors[-1]:.4f} "
-                              f"({len(d)} photos)")
+                        mean, error = paired_error(*rows)  # the same photos: one draw
+                        errors.append(error)
+                        print(f"    draw {s}: per-photo difference {mean:+.4f}, standard error {error:.4f} "
+                              f"({len(rows[0])} photos)")
                 if len(errors) > 1:  # of the photos sampled, not of the training's own randomness
                     print(f"    mean over {len(errors)} draws: standard error "
                           f"{np.sqrt(np.sum(np.square(errors))) / len(errors):.4f}")
