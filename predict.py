@@ -13,8 +13,8 @@ segmenter also sees the mirrored image), cls-flip (the classifier too), flip (bo
 (segmentation at several scales). Default seg-flip: on the proxy validation split it raised the
 segmentation half, while cls-flip lowered the classification half (also on held-out photos, with
 either decision rule) and scales gained 0.001 for 3x the time; with the 384-pixel U-Net, scales
-gained 0.005 segmentation on held-out photos (two draws, within two standard errors) and 0.008
-on their validation splits: the best setting measured, not yet the default (README, Results).
+gained 0.004 segmentation on held-out photos (a gain on each of five draws, 0.001-0.010) and
+0.007 on their validation splits: the best setting measured, not yet the default (README, Results).
 Fusion rules (--fuse) let each task correct the other (default drop: it raised the joint score
 on the proxy validation split and cost nothing on the demo; agree raised it a little more on the
 proxy but cost 0.18 of the segmentation half on the demo, where the classifier is weak; add and

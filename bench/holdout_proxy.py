@@ -50,8 +50,8 @@ import predict  # noqa: E402
 import train_proxy  # noqa: E402
 
 HOLDOUT_FRACTION = 0.2
-# train_proxy.RUNS entry of each task. The plain draws seed1-seed5 in the results predate the bench's 288-pixel
-# classifier (their cls_arguments: 224 px); the img_288 draws are its draws
+# train_proxy.RUNS entry of each task. A plain draw's classifier is trained at 224 px (CLS_224), the bench's
+# classifier until 2026-12-03 and the baseline of every classifier change; the img_288 draws are the bench's since
 BENCH_RUNS = {"cls": "cls_mobilenetv2", "seg": "seg_mobilenetv2_unet"}
 
 
@@ -202,7 +202,8 @@ def held_out_draw(proxy, seed, only, earlier, variant=None):
         result.update({k: earlier[k] for k in ("cls_arguments", "cls_time_limit_minutes")})
     for task in {"cls": ["cls"], "seg": ["seg"], "both": ["cls", "seg"]}[only]:
         script, kwargs, minutes = train_proxy.RUNS[BENCH_RUNS[task]]
-        kwargs = dict(kwargs, **(TRAIN_VARIANTS[variant][1] if variant else {}))
+        # a plain draw's classifier stays at 224 px, the baseline of the classifier changes (CLS_224)
+        kwargs = dict(kwargs, **(TRAIN_VARIANTS[variant][1] if variant else CLS_224 if task == "cls" else {}))
         script.train(data=data, out=os.path.join(root, task), overwrite=True, time_limit=minutes, **kwargs)
         result[f"{task}_arguments"], result[f"{task}_time_limit_minutes"] = kwargs, minutes
     for task in ["cls"] + (["seg"] if only != "cls" else []):  # did each schedule fit its time limit?
@@ -447,8 +448,10 @@ def main():
             if task == "seg" and paired:  # per-photo paired differences, where the run folders are here
                 errors = []
                 for s, r in draws.items():
-                    rows = [held_out_segmentation_rows(x, band) for x in (base.get(s), r) if x]
-                    if len(rows) == 2 and all(x is not None for x in rows):
+                    if s not in base or None in (score(base[s]), score(r)):  # a draw the baseline lacks
+                        continue
+                    rows = [held_out_segmentation_rows(x, band) for x in (base[s], r)]
+                    if all(x is not None for x in rows):
                         mean, error = paired_error(*rows)  # the same photos: one draw
                         errors.append(error)
                         print(f"    draw {s}: per-photo difference {mean:+.4f}, standard error {error:.4f} "
