@@ -51,7 +51,8 @@ import train_proxy  # noqa: E402
 
 HOLDOUT_FRACTION = 0.2
 # train_proxy.RUNS entry of each task. A plain draw's classifier is trained at 224 px (CLS_224), the bench's
-# classifier until 2026-12-03 and the baseline of every classifier change; the img_288 draws are the bench's since
+# classifier until 2026-12-03 and the baseline of every classifier change; the img_288 draws are the bench's
+# classifier since then
 BENCH_RUNS = {"cls": "cls_mobilenetv2", "seg": "seg_mobilenetv2_unet"}
 
 
@@ -438,19 +439,17 @@ def main():
                 ).get("segmentation")}
             paired = False
             for what, score in scores.items():
-                pairs = [(score(base[s]), score(r)) for s, r in draws.items()
-                         if s in base and None not in (score(base[s]), score(r))]
+                pairs = {s: (score(base[s]), score(r)) for s, r in draws.items()
+                         if s in base and None not in (score(base[s]), score(r))}
                 if pairs:
                     paired = True
                     print(f"  held-out {what} against {BASELINES.get(variant) or 'the plain draws'} on the same "
-                          f"{len(pairs)} draws: {sum(b - a for a, b in pairs) / len(pairs):+.3f} "
-                          f"({', '.join(f'{a:.3f} -> {b:.3f}' for a, b in pairs)})")
+                          f"{len(pairs)} draws: {sum(b - a for a, b in pairs.values()) / len(pairs):+.3f} "
+                          f"({', '.join(f'{a:.3f} -> {b:.3f}' for a, b in pairs.values())})")
             if task == "seg" and paired:  # per-photo paired differences, where the run folders are here
                 errors = []
-                for s, r in draws.items():
-                    if s not in base or None in (score(base[s]), score(r)):  # a draw the baseline lacks
-                        continue
-                    rows = [held_out_segmentation_rows(x, band) for x in (base[s], r)]
+                for s in pairs:  # the draws both have (a segmenter has one score: pairs is its)
+                    rows = [held_out_segmentation_rows(x, band) for x in (base[s], draws[s])]
                     if all(x is not None for x in rows):
                         mean, error = paired_error(*rows)  # the same photos: one draw
                         errors.append(error)

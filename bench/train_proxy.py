@@ -21,7 +21,7 @@ import seg_train  # noqa: E402
 # name: (script, arguments, training-time limit in minutes)
 RUNS = {
     # images at 288 px since 2026-12-03 (224 before): held-out expected-Dice classification 0.852 against 0.846 (5
-    # draws), joint 0.795 against 0.783 with the bench's segmenters (2 draws; bench/holdout_proxy.py --train img_288)
+    # draws), joint 0.793 against 0.787 with the bench's segmenters (5 draws; bench/holdout_proxy.py --train img_288)
     "cls_mobilenetv2": (cls_train, dict(arch="mobilenetv2", img_size=288, epochs=20, frozen_epochs=5, batch_size=16),
                         30),
     "cls_scratch": (cls_train, dict(arch="scratch", img_size=128, epochs=25, batch_size=32), 30),
